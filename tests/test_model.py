@@ -1,0 +1,103 @@
+"""The GPT: shapes, causality, init loss, KV cache, size and cost accounting."""
+
+import math
+
+import pytest
+import torch
+
+from tinylm.model import GPT, GPTConfig, KVCache
+
+
+def make(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=101, block_size=24, n_layer=2, n_head=4, n_embd=32)
+    return GPT(GPTConfig(**{**cfg, **kw})).eval()
+
+
+def test_logits_shape_and_loss_path():
+    model, x = make(), torch.randint(0, 101, (2, 10))
+    assert model(x).shape == (2, 10, 101)
+    logits, loss = model(x, x)
+    assert logits.shape == (2, 10, 101) and loss.ndim == 0
+    assert model(x, last_only=True).shape == (2, 1, 101)
+
+
+def test_causality():
+    model = make()
+    x = torch.randint(0, 101, (1, 16))
+    x2 = x.clone()
+    x2[0, 10:] = (x2[0, 10:] + 1) % 101
+    a, b = model(x), model(x2)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_init_loss_is_about_ln_vocab():
+    model = make(vocab_size=4096, n_embd=64)
+    g = torch.Generator().manual_seed(0)
+    seq = torch.randint(0, 4096, (8, 25), generator=g)
+    _, loss = model(seq[:, :-1], seq[:, 1:])
+    assert abs(loss.item() - math.log(4096)) < 0.1, loss.item()
+
+
+def test_kv_cache_decoding_equals_full_recomputation():
+    model = make()
+    x = torch.randint(0, 101, (2, 20))
+    full = model(x)
+    cache = KVCache(model.config, batch_size=2)
+    parts = [model(x[:, :7], cache=cache)]  # prefill
+    parts += [model(x[:, t:t + 1], cache=cache) for t in range(7, 12)]  # one token at a time
+    parts.append(model(x[:, 12:], cache=cache))  # a chunk after a prefix
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-5)
+    assert cache.pos == 20
+
+
+def test_kv_cache_left_padding_matches_unpadded():
+    model = make()
+    short, long_ = torch.randint(0, 101, (1, 5)), torch.randint(0, 101, (1, 9))
+    batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long_])
+    cache = KVCache(model.config, batch_size=2)
+    cache.pad_mask = torch.ones(2, cache.max_len, dtype=torch.bool)
+    cache.pad_mask[0, :4] = False
+    out = model(batch, cache=cache)
+    step = model(torch.tensor([[3], [4]]), cache=cache)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0, 4:], model(short)[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(step[0, 0], model(torch.cat([short, torch.tensor([[3]])], 1))[0, -1],
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(step[1, 0], model(torch.cat([long_, torch.tensor([[4]])], 1))[0, -1],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_context_overflow_is_an_error():
+    model = make()
+    with pytest.raises(ValueError, match="exceeds the context"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+
+
+def test_embedding_accessors_and_counts():
+    model = make()
+    assert model.get_input_embeddings() is model.embed_tokens
+    assert model.get_output_embeddings() is model.lm_head
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    n = model.num_params()
+    assert n == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    c = model.config
+    assert model.flops_per_token() == 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+    untied = make(tie_embeddings=False)
+    # the untied embedding lookup is no matmul: same FLOPs, more parameters
+    assert untied.flops_per_token() == model.flops_per_token()
+    assert untied.num_params() == n + 101 * 32
+
+
+def test_residual_projections_are_scaled_by_depth():
+    model = make(n_layer=8, n_embd=256, n_head=4)
+    o = model.layers[0].self_attn.o_proj.weight.std().item()
+    q = model.layers[0].self_attn.qkv_proj.weight.std().item()
+    assert abs(q - 0.02) < 0.002 and abs(o - 0.02 / math.sqrt(16)) < 0.001
+
+
+@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(n_embd=12, n_head=4), dict(n_layer=0)])
+def test_bad_config_is_a_clear_error(bad):
+    with pytest.raises(ValueError):
+        GPTConfig(**{**dict(vocab_size=10, block_size=8, n_layer=1, n_head=4, n_embd=32), **bad})

@@ -1,0 +1,275 @@
+"""A small pre-norm GPT decoder whose token embedding and LM head are one Parameter.
+
+The architecture is Llama's (RMSNorm, rotary positions, SwiGLU MLP, no biases) so that a
+checkpoint maps onto ``transformers.LlamaForCausalLM`` with ``tie_word_embeddings=True``:
+names follow Llama's (``embed_tokens``, ``layers.i.self_attn``, ``mlp``, ``norm``,
+``lm_head``) except that q/k/v and gate/up are fused into one matmul each for speed (an export
+splits them back), and rotary uses Llama's rotate-half layout.
+
+Reads top to bottom: config, building blocks, the KV cache, the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinylm.tying import TieGuarded, tie
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 8192  # the default byte-level BPE's size: ~4 bytes/token on English
+    block_size: int = 256  # context length; rotary positions need no table, so this only caps the cache
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384  # head dim 64: the size SDPA kernels are tuned for
+    mlp_hidden: int = 0  # 0 = Llama's rule, 8/3 * n_embd rounded up to a multiple of 64
+    dropout: float = 0.0  # small models on small corpora may want 0.1; pretraining wants 0
+    tie_embeddings: bool = True  # one matrix for input embedding and LM head (the point of tinylm)
+    rope_theta: float = 10000.0  # Llama 2's base; plenty for contexts of a few thousand
+    norm_eps: float = 1e-5  # Llama's RMSNorm epsilon
+    init_std: float = 0.02  # GPT-2's init; residual projections get / sqrt(2 * n_layer)
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"head dim {self.n_embd // self.n_head} must be even for rotary")
+        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rotary_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for the given absolute positions, computed in fp32 then cast.
+
+    Computed per forward (a (T, head_dim) outer product, negligible) rather than kept as
+    buffers, so ``.to(bfloat16)`` cannot degrade them and nothing caps the length.
+    """
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    freqs = torch.outer(positions.float(), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by position; Llama's rotate-half layout."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned scale: cheaper than LayerNorm and what Llama uses."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding.
+
+    Preallocated to ``max_len`` so decoding appends in place. ``pad_mask`` (B, max_len), True
+    for real tokens, lets a batch of left-padded prompts decode together: rotary attention
+    depends only on relative positions, so left padding needs no per-row position ids.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None,
+                 device=None, dtype: torch.dtype = torch.float32) -> None:
+        self.max_len = max_len or config.block_size
+        shape = (config.n_layer, batch_size, config.n_head, self.max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # number of positions already filled
+        self.pad_mask: torch.Tensor | None = None
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions needed, max_len={self.max_len}")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # one matmul
+        self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.dropout = config.dropout
+
+    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, mask) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv_proj(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    """SwiGLU: at equal parameter count it trains to lower loss than GELU (Shazeer 2020), and
+    it is Llama's MLP, which keeps the export door open. gate and up share one matmul."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.n_embd, 2 * config.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, mask) -> torch.Tensor:
+        x = x + self.drop(self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, mask))
+        return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
+
+
+class GPT(TieGuarded):
+    """Decoder-only transformer; ``embed_tokens.weight`` is ``lm_head.weight`` when tied."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            tie(self.embed_tokens, "weight", self.lm_head, "weight")
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2L) so the
+        residual stream's variance does not grow with depth. With the tied matrix at std 0.02
+        the initial logits are near zero, so the initial loss is ~ln(vocab_size)."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():  # the tied matrix is visited once
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.n_layer))
+            elif p.dim() >= 2:
+                nn.init.normal_(p, 0.0, std)
+            else:
+                nn.init.ones_(p)  # RMSNorm scales
+
+    # -- the transformers convention ---------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    # -- size and cost -----------------------------------------------------------------------
+    def num_params(self) -> int:
+        """Unique parameters: the tied matrix counts once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward), the PaLM appendix B formula.
+
+        6 per matmul parameter, where the embedding lookup is no matmul but the head is (when
+        tied, the one matrix is counted once, as the head), plus attention scores
+        12 * layers * width * seq_len.
+        """
+        c, T = self.config, seq_len or self.config.block_size
+        matmul_params = self.num_params()
+        if not c.tie_embeddings:
+            matmul_params -= self.embed_tokens.weight.numel()
+        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * T
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ):
+        """Logits (B, T, vocab) for token ids (B, T); with ``targets`` also the mean
+        cross-entropy over targets that are not -100, as ``(logits, loss)``.
+
+        ``cache`` continues from ``cache.pos`` and advances it; ``last_only`` computes logits
+        for the last position only (what sampling needs).
+        """
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > (cache.max_len if cache is not None else self.config.block_size):
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds the context "
+                f"({cache.max_len if cache is not None else self.config.block_size})"
+            )
+        x = self.drop(self.embed_tokens(idx))
+        positions = torch.arange(start, start + T, device=idx.device)
+        cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        mask = self._attention_mask(cache, T, idx.device)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, i, cache, mask)
+        if cache is not None:
+            cache.pos += T
+        x = self.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+        )
+        return logits, loss
+
+    @staticmethod
+    def _attention_mask(cache: KVCache | None, T: int, device) -> torch.Tensor | None:
+        """None (SDPA's fast causal path) unless decoding after a prefix or with padding."""
+        if cache is None or (cache.pos == 0 and cache.pad_mask is None):
+            return None
+        end = cache.pos + T
+        q_pos = torch.arange(cache.pos, end, device=device)[:, None]
+        mask = torch.arange(end, device=device)[None, :] <= q_pos  # (T, end) causal
+        if cache.pad_mask is not None:
+            mask = mask & cache.pad_mask[:, None, None, :end]  # (B, 1, T, end)
+            # A padding query would see no key at all and SDPA would return NaN for it; let
+            # every position see itself. Real tokens never attend to padding either way.
+            mask = mask | (torch.arange(end, device=device)[None, :] == q_pos)
+        return mask
