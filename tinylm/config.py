@@ -1,0 +1,146 @@
+"""Typed training configuration: YAML files + dotted overrides, validated by OmegaConf.
+
+Every section is a dataclass, so a mistyped key or a wrongly typed value is an error that names
+it (with the closest valid key), never a silently ignored setting. The resolved config is saved
+with each run and each checkpoint.
+
+    cfg = load_config("configs/tiny.yaml", ["model.n_layer=6", "run_dir=runs/x"])
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from tinylm.data import DataConfig
+from tinylm.model import GPTConfig
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key or file."""
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 16  # sequences per process per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step; tokens/step = batch*block*accum*procs
+    max_steps: int = 1000  # optimizer steps
+    lr: float = 1e-3  # peak LR; small models tolerate a large one (nanoGPT's CPU recipe uses 1e-3)
+    min_lr_ratio: float = 0.1  # final LR = lr * this (Chinchilla: decay to ~10%)
+    warmup_steps: int = 100  # linear warmup; Adam's second moment needs a few steps to settle
+    schedule: str = "cosine"  # "cosine" or "wsd" (warmup-stable-decay, decay over the last 20%)
+    weight_decay: float = 0.1  # on matrices (the tied one included), never on norm scales
+    beta1: float = 0.9
+    beta2: float = 0.95  # 0.95 rather than 0.999: steadier for small-batch LM training
+    grad_clip: float = 1.0  # clip the global grad norm; 0 disables
+    mixed_precision: str = "auto"  # "auto" = bf16 where the hardware supports it; "no", "bf16", "fp16"
+    compile: bool = False  # torch.compile: faster steady state, 20-30 s first compile on CPU
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 200  # optimizer steps between evals (0 = only at the end)
+    max_batches: int = 20  # cap for periodic evals (0 = whole val split); the final eval covers all
+    batch_size: int = 16  # sequences per process per eval batch
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 500  # optimizer steps between checkpoints (0 = only at the end)
+    keep_last: int = 2  # older step-N dirs are deleted once a newer one is complete
+    resume: str = ""  # "" = fresh start; "auto" = latest in run_dir; or a checkpoint dir
+
+
+@dataclass
+class LogConfig:
+    interval: int = 10  # optimizer steps between console/metrics lines
+    wandb: str = "offline"  # "offline" (default: never needs network), "online", "disabled"
+    project: str = "tinylm"
+    plot: bool = True  # write loss.png (train and val curves) at the end
+
+
+@dataclass
+class SyncCheckConfig:
+    interval: int = 100  # optimizer steps between checks (the first step is always checked; 0 = off)
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"  # where metrics, checkpoints, plots and wandb files go
+    seed: int = 1337
+    model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size is set from the tokenizer
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    sync_check: SyncCheckConfig = field(default_factory=SyncCheckConfig)
+
+
+def _closest(key: str, node: Any) -> str:
+    if not isinstance(node, DictConfig):
+        return ""
+    match = difflib.get_close_matches(key, [str(k) for k in node.keys()], n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _explain(err: OmegaConfBaseException, schema: DictConfig, where: str) -> ConfigError:
+    full_key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    parts = str(full_key).split(".")
+    node: Any = schema
+    for p in parts[:-1]:
+        node = node.get(p) if isinstance(node, DictConfig) else None
+    if isinstance(err, ConfigKeyError):
+        hint = _closest(parts[-1], node)
+        return ConfigError(f"{where}: unknown key '{full_key}'{hint}")
+    msg = str(err).splitlines()[0]
+    return ConfigError(f"{where}: bad value for '{full_key}': {msg}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults < YAML file < ``key.sub=value`` overrides; returns a validated TrainConfig."""
+    schema = OmegaConf.structured(TrainConfig)
+    cfg = schema
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        file_cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml errors carry the line and column
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(file_cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        cfg = OmegaConf.merge(cfg, file_cfg)
+    except OmegaConfBaseException as e:
+        raise _explain(e, schema, str(path)) from None
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}': expected key=value, e.g. model.n_layer=6")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, f"override '{ov}'") from None
+    try:
+        return OmegaConf.to_object(cfg)  # runs each dataclass's own validation
+    except (ValueError, OmegaConfBaseException) as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically: temp name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    tmp.replace(path)

@@ -1,0 +1,79 @@
+"""Run metrics: one JSON line per record in metrics.jsonl, a console line, and the loss plot.
+
+metrics.jsonl is the source of truth (append-only, survives crashes and resumes); the plot and
+wandb are views of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def format_seconds(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def train_line(step: int, max_steps: int, loss: float, lr: float, tok_s: float, eta_s: float,
+               grad_norm: float | None = None) -> str:
+    gn = f" | gnorm {grad_norm:.2f}" if grad_norm is not None else ""
+    return (f"step {step:>6}/{max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+            f"{tok_s / 1000:.1f}k tok/s{gn} | eta {format_seconds(eta_s)}")
+
+
+def eval_line(step: int, loss: float, bits_per_byte: float, tokens: int) -> str:
+    ppl = math.exp(min(loss, 700.0))
+    return (f"eval @ step {step}: val loss {loss:.4f} | ppl {ppl:.2f} | "
+            f"{bits_per_byte:.4f} bits/byte | {tokens} tokens")
+
+
+class MetricsFile:
+    """Appends records to ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(metrics_path: str | Path, out_png: str | Path) -> Path | None:
+    """Train and val loss against step, from metrics.jsonl; None if there is nothing to plot."""
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+    val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval"]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val", linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out_png)
+    return out_png
