@@ -117,6 +117,14 @@ class _StopSignal:
             signal.signal(s, h)
 
 
+def _any_process(flag: bool, accelerator) -> bool:
+    """True on every process if ``flag`` is True on any (so all take the same branch)."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+
+
 def _resolve_resume(cfg: TrainConfig, ckpt_root: Path) -> Path | None:
     choice = cfg.checkpoint.resume
     if not choice:
@@ -238,6 +246,9 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
     model.train()
     try:
         while step < o.max_steps:
+            if _any_process(stop.signum is not None, accelerator):  # before drawing data, so
+                stop.signum = stop.signum or signal.SIGTERM  # a resume loses no batch
+                break
             t0 = time.perf_counter()
             step_loss = torch.zeros((), device=accelerator.device)
             for _ in range(o.grad_accum):
@@ -252,17 +263,11 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
             # Gradients are all-reduced now; nothing has been applied yet.
             if hooks.after_backward:
                 hooks.after_backward(model, step)
-            flags = torch.tensor([float(not torch.isfinite(step_loss)), float(stop.signum or 0)],
-                                 device=accelerator.device)
-            flags = accelerator.reduce(flags, reduction="sum") if accelerator.num_processes > 1 else flags
-            if flags[0] > 0:
+            if _any_process(not torch.isfinite(step_loss).item(), accelerator):
                 good = ckpt.latest_checkpoint(ckpt_root)
                 raise TrainingDiverged(
                     f"loss is {step_loss.item()} at step {step} on at least one process; stopped "
                     f"without updating. Last good checkpoint: {good or 'none'}")
-            if flags[1] > 0:
-                stop.signum = stop.signum or signal.SIGTERM
-                break
             if cfg.sync_check.interval and (step == start_step or step % cfg.sync_check.interval == 0):
                 t_check = time.perf_counter()
                 summary = check_tied_sync(model, accelerator)
@@ -297,6 +302,9 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
                 last_eval = run_eval(step, cfg.eval.max_batches)
             if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 and step < o.max_steps:
                 last_ckpt = save(step)
+    except BaseException:
+        accelerator.end_training()  # release the process group, or the exit may abort
+        raise
     finally:
         bar.close()
         stop.restore()

@@ -1,0 +1,55 @@
+"""Run the real training loop under `accelerate launch`, with a fault or a stop injected.
+
+    train_with_hooks.py [--fault-rank R --fault-step N] [--stop-step N] CONFIG [key=value ...]
+
+--fault-*: after the gradients are all-reduced at step N, rank R perturbs its tied gradient by
+one ulp-scale amount, as a rank-local bug would; the sync check must catch it.
+--stop-step: every rank sends itself SIGTERM after step N (a preemption).
+Prints "RESULT <json>" on each rank: the summary, or the error's type and message.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+import torch
+
+from tinylm.config import load_config
+from tinylm.train import TrainHooks, train
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--fault-rank", type=int, default=-1)
+    p.add_argument("--fault-step", type=int, default=-1)
+    p.add_argument("--stop-step", type=int, default=-1)
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    rank = int(os.environ.get("RANK", "0"))
+
+    def after_backward(model, step):
+        if rank == args.fault_rank and step == args.fault_step:
+            grad = model.module.embed_tokens.weight.grad if hasattr(model, "module") else \
+                model.embed_tokens.weight.grad
+            with torch.no_grad():
+                grad[0, 0] += 1e-6
+
+    def after_step(model, step):
+        if step == args.stop_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        summary = train(load_config(args.config, args.overrides),
+                        TrainHooks(after_backward=after_backward, after_step=after_step))
+        print("RESULT " + json.dumps({"rank": rank, "ok": True, **summary}), flush=True)
+    except Exception as e:  # report, don't crash: the test reads each rank's outcome
+        print("RESULT " + json.dumps({"rank": rank, "ok": False, "error": type(e).__name__,
+                                      "message": str(e)}), flush=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

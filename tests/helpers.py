@@ -1,0 +1,60 @@
+"""Shared test helpers (plain functions; fixtures live in the test modules and conftest)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from pydoc_data.topics import topics
+
+REPO = Path(__file__).resolve().parent.parent
+CPU_2PROC = REPO / "configs" / "accelerate" / "cpu-2proc.yaml"
+
+
+def write_corpus(path: Path, n_bytes: int = 150_000) -> Path:
+    """Real English prose (Python's language reference), offline, deterministic."""
+    text, keys = "", sorted(topics)
+    i = 0
+    while len(text.encode()) < n_bytes:
+        text += topics[keys[i % len(keys)]] + "\n"
+        i += 1
+    path.write_text(text)
+    return path
+
+
+def tiny_overrides(tmp: Path, corpus: Path, **extra) -> list[str]:
+    """Overrides that make configs/tiny.yaml run in seconds on a local corpus."""
+    base = {"run_dir": tmp / "run", "data.dir": tmp / "data", "data.source": corpus,
+            "data.vocab_size": 320, "log.wandb": "disabled"}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(tmp: Path) -> dict:
+    e = dict(os.environ)
+    e.update(HF_HOME=str(tmp / "hf"), WANDB_MODE="disabled", PYTHONUNBUFFERED="1",
+             HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return e
+
+
+def accelerate_2proc(script: Path, args: list[str], tmp: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
+           "--main_process_port", str(free_port()), str(script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env(tmp), timeout=timeout, cwd=REPO)
+
+
+def world_size(log: str) -> int:
+    """The process count the trainer states on its first line (asserted by every dist test)."""
+    m = re.search(r"tinylm: (\d+) process", log)
+    assert m, f"no process-count line in output:\n{log[-3000:]}"
+    return int(m.group(1))
