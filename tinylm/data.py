@@ -1,18 +1,27 @@
 """Data: a source becomes a tokenizer and two flat token files; batches are cut from those.
 
-``prepare(cfg)`` writes, under ``<dir>/<source>-v<vocab>-<hash>/``::
+``prepare(cfg)`` writes, under ``<cfg.dir>/<source>-v<vocab_size>-<fingerprint>/``::
 
-    tokenizer.json   byte-level BPE trained on the corpus
-    train.bin        token ids, uint16 when vocab < 65536 else uint32, documents joined by EOT
-    val.bin          the last ``val_fraction`` of the token stream (or a separate val_source)
-    meta.json        sizes, dtype, UTF-8 byte counts of each split, the config fingerprint
+    tokenizer.json   byte-level BPE trained on the source (not on a separate val_source)
+    train.bin        token ids, uint16 when the vocab < 65536 else uint32, each document
+                     followed by <|endoftext|>; np.memmap-compatible, no header
+    val.bin          the last ``val_fraction`` of that token stream (nanoGPT's split), or the
+                     whole ``val_source`` when one is given
+    meta.json        vocab_size, eot_id, dtype, tokens and UTF-8 bytes of each split, source,
+                     the config fingerprint (written last: its presence means "complete")
 
-A second ``prepare`` with the same config (and unchanged source files) reuses the directory.
-Tokenizing runs through ``datasets.Dataset.map(batched=True)``, cached under HF_HOME, and the
-token files are written in chunks: nothing holds the corpus in memory whole.
+The fingerprint covers the config and the source's identity (file sizes and mtimes, the Python
+version for python-docs, the name for a Hub dataset), so a second ``prepare`` with the same
+config reuses the directory in milliseconds and any change prepares a new one (old ones stay
+valid for the checkpoints that name them; delete them freely). Tokenizing is a batched
+``Dataset.map`` cached under HF_HOME; the token files are then written in chunks from the
+memory-mapped arrow cache, so the corpus is never in memory whole. Every file is written under
+a temporary name and renamed into place.
 
-Batches: :class:`TrainBatches` for training (shuffled packed windows, resumable, sharded),
-:class:`EvalBlocks` for evaluation (sequential blocks that cover a split exactly once).
+Bytes: ``train_bytes``/``val_bytes`` are the UTF-8 bytes of the text each split's tokens stand
+for, end-of-text tokens excluded (they stand for no text), counted per token from the
+byte-level vocabulary, so the two add up to the corpus's bytes exactly, even when the split
+falls inside a multi-byte character. Evaluation divides nats by these for bits per byte.
 """
 
 from __future__ import annotations
@@ -22,35 +31,52 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
+import datasets
 import numpy as np
+import pyarrow.compute as pc
+import tokenizers
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
-from tinylm.corpus import DataError, describe, load_documents
+from tinylm.corpus import DataError, atomic_write, describe, load_documents, normalize
 from tinylm.tokenizer import Tokenizer
+
+__all__ = ["DataConfig", "DataError", "EvalBlocks", "PreparedData", "TrainBatches", "prepare"]
 
 FORMAT = 1  # bump when the prepared layout changes, so old dirs are not reused
 
 
 @dataclass
 class DataConfig:
-    source: str = "python-docs"  # built-in offline corpus; or a file, folder, glob, or Hub name
-    hf_split: str = "train"  # split of a Hub / save_to_disk dataset
-    hf_text_column: str = "text"  # column holding the text in table-like sources
-    hf_config: Optional[str] = None  # Hub dataset config name, if it has several
-    val_source: Optional[str] = None  # a separate validation source; None = tail of the stream
-    val_fraction: float = 0.1  # nanoGPT's split: the last 10% of the stream is validation
-    vocab_size: int = 8192  # BPE merges; ~4 bytes/token on English at this size
-    dir: str = "data"  # root of prepared outputs (gitignored)
-    tokenize_batch: int = 64  # rows per map() batch; rows are ~1 MB chunks or one document
+    source: str = "python-docs"  # offline English prose on every Python; or a path, glob, Hub name
+    hf_split: str = "train"  # the split nearly every dataset has (Hub and save_to_disk sources)
+    hf_text_column: str = "text"  # the column name most text datasets use
+    hf_config: Optional[str] = None  # Hub config name; None = the dataset's default
+    val_source: Optional[str] = None  # None = validate on the stream's tail: no 2nd corpus needed
+    val_fraction: float = 0.1  # nanoGPT's split: the last 10% of the token stream
+    vocab_size: int = 8192  # ~4 bytes/token on English, and a head a CPU model can afford
+    dir: str = "data"  # root of prepared outputs (gitignored); one subdirectory per corpus+config
+    tokenize_batch: int = 256  # rows per map() batch: enough for encode_batch's threads (measured)
+
+    def __post_init__(self) -> None:  # OmegaConf.to_object runs this: bad values fail at load
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DataError(f"data.val_fraction={self.val_fraction}: expected 0 <= value < 1")
+        if self.vocab_size < 257:
+            raise DataError(f"data.vocab_size={self.vocab_size}: a byte-level BPE needs >= 257")
+        if self.tokenize_batch < 1:
+            raise DataError(f"data.tokenize_batch={self.tokenize_batch}: expected >= 1")
 
 
 @dataclass
 class PreparedData:
+    """A prepared directory and its meta.json."""
+
     dir: Path
     meta: dict
 
@@ -75,220 +101,309 @@ class PreparedData:
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size < 65536 else np.uint32)
+    """The smallest unsigned type that holds every id: 2 bytes per token up to 65536."""
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
-def _fingerprint(cfg: DataConfig) -> str:
+def fingerprint(cfg: DataConfig) -> str:
+    """What makes a prepared dir reusable: every field that changes its bytes."""
     keys = {k: v for k, v in asdict(cfg).items() if k not in ("dir", "tokenize_batch")}
-    info = {"format": FORMAT, "cfg": keys, "source": describe(cfg.source),
+    if cfg.val_source:
+        keys.pop("val_fraction")
+    info = {"format": FORMAT, "tokenizers": tokenizers.__version__, "cfg": keys,
+            "source": describe(cfg.source),
             "val": describe(cfg.val_source) if cfg.val_source else None}
-    return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _slug(source: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.rstrip("/")).name or source)[:40] or "corpus"
+def prepared_dir(cfg: DataConfig) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", cfg.source.strip("/~.")).strip("_")[-40:] or "corpus"
+    return Path(cfg.dir) / f"{slug}-v{cfg.vocab_size}-{fingerprint(cfg)[:8]}"
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def _tokenize(rows, tok: Tokenizer, batch: int):
-    """rows -> rows of ``ids`` (EOT appended at document ends), cached by datasets."""
-    eot = tok.eot_id
-
-    def encode(b):
-        ids = tok.encode_batch(b["text"])
-        return {"ids": [x + [eot] if end else x for x, end in zip(ids, b["doc_end"])]}
-
-    return rows.map(encode, batched=True, batch_size=batch, remove_columns=rows.column_names,
-                    desc="tokenizing", new_fingerprint=f"tok-{rows._fingerprint}-{tok.fingerprint()}")
-
-
-def _write_tokens(tokenized, out: dict[str, Path], sizes: dict[str, int], dtype, token_bytes):
-    """Stream ids into the split files in order: the first ``sizes[name]`` ids to each."""
-    counts = {name: 0 for name in out}
-    nbytes = {name: 0 for name in out}
-    tmps = {name: p.with_name(f".{p.name}.tmp") for name, p in out.items()}
-    files = {name: open(t, "wb") for name, t in tmps.items()}
-    names = list(out)
+def _reusable_meta(out: Path, fp: str) -> Optional[dict]:
+    """meta.json if the dir is complete for fingerprint ``fp`` (files present, sizes right)."""
     try:
-        i = 0
-        for batch in tokenized.iter(batch_size=256):
-            for ids in batch["ids"]:
-                arr = np.asarray(ids, dtype=np.int64)
-                while arr.size:
-                    name = names[i]
-                    take = min(arr.size, sizes[name] - counts[name])
-                    part, arr = arr[:take], arr[take:]
-                    files[name].write(part.astype(dtype).tobytes())
-                    counts[name] += take
-                    nbytes[name] += int(token_bytes[part].sum())
-                    if counts[name] == sizes[name] and i + 1 < len(names):
+        meta = json.loads((out / "meta.json").read_text())
+        item = np.dtype(meta["dtype"]).itemsize
+        ok = (meta.get("fingerprint") == fp and (out / "tokenizer.json").is_file()
+              and (out / "train.bin").stat().st_size == meta["train_tokens"] * item
+              and (out / "val.bin").stat().st_size == meta["val_tokens"] * item)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta if ok else None
+
+
+# -- tokenizing ------------------------------------------------------------------------------
+
+def _texts(rows: datasets.Dataset, counter: list[int]) -> Iterator[list[str]]:
+    """Batches of normalized document text for tokenizer training; counts characters."""
+    raw = "doc_end" not in rows.column_names  # text-file rows are normalized when read
+    for b in rows.select_columns(["text"]).iter(batch_size=256):
+        texts = [normalize(t or "") for t in b["text"]] if raw else b["text"]
+        counter[0] += sum(map(len, texts))
+        yield texts
+
+
+def _tokenize(rows: datasets.Dataset, tok: Tokenizer, batch_size: int, dtype: np.dtype,
+              desc: str) -> datasets.Dataset:
+    """rows -> rows of ``ids``, each document's last row followed by EOT (empty documents give
+    nothing). A batched ``map`` whose arrow file is cached under HF_HOME (never inside the
+    source), keyed by the rows' and the tokenizer's fingerprints."""
+    eot, raw = tok.eot_id, "doc_end" not in rows.column_names
+
+    def encode(b: dict) -> dict:
+        texts = [normalize(t or "") for t in b["text"]] if raw else b["text"]
+        ends = [True] * len(texts) if raw else b["doc_end"]
+        ids = tok.encode_batch(texts)
+        return {"ids": [x + [eot] if end and t else x for x, t, end in zip(ids, texts, ends)]}
+
+    fp = hashlib.sha256(f"{FORMAT}-{rows._fingerprint}-{tok.fingerprint()}-{dtype}".encode()).hexdigest()[:16]
+    cache = Path(datasets.config.HF_DATASETS_CACHE) / "tinylm" / f"tokens-{fp}.arrow"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    features = datasets.Features({"ids": datasets.List(datasets.Value(dtype.name))})
+    return rows.map(encode, batched=True, batch_size=batch_size, remove_columns=rows.column_names,
+                    features=features, cache_file_name=str(cache), new_fingerprint=fp, desc=desc)
+
+
+def _count(tokenized: datasets.Dataset) -> int:
+    """Total ids, from the list offsets alone (no ids are read)."""
+    if len(tokenized) == 0:
+        return 0
+    return int(pc.sum(pc.list_value_length(tokenized.data.column("ids"))).as_py() or 0)
+
+
+def _write_splits(streams: list[tuple[datasets.Dataset, list[tuple[Path, int]]]], tok: Tokenizer,
+                  dtype: np.dtype, progress: bool) -> dict[str, dict]:
+    """Stream ids from each tokenized dataset into its files in order: the first n0 ids into the
+    first file, the next n1 into the second... Chunks of rows, never the whole corpus."""
+    token_bytes, stats, tmps = tok.token_bytes(), {}, {}
+    total = sum(n for _, files in streams for _, n in files)
+    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="writing", disable=not progress)
+    try:
+        for tokenized, files in streams:
+            handles = []
+            for path, n in files:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                tmps[path] = Path(tmp)
+                handles.append((os.fdopen(fd, "wb"), path, n))
+                stats[path.stem] = {"tokens": 0, "bytes": 0, "documents": 0}
+            i = 0
+            for table in tokenized.with_format("arrow").iter(batch_size=256):
+                arr = table.column("ids").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                while arr.size and i < len(handles):
+                    f, path, n = handles[i]
+                    s = stats[path.stem]
+                    part, arr = arr[: n - s["tokens"]], arr[n - s["tokens"]:]
+                    f.write(part.astype(dtype, copy=False).tobytes())
+                    s["tokens"] += part.size
+                    s["bytes"] += int(token_bytes[part].sum())
+                    s["documents"] += int(np.count_nonzero(part == tok.eot_id))
+                    bar.update(part.size)
+                    if s["tokens"] == n:
                         i += 1
+            for f, _, _ in handles:
+                f.close()
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
     finally:
-        for f in files.values():
-            f.close()
-    for name in out:
-        os.replace(tmps[name], out[name])
-    return counts, nbytes
+        bar.close()
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+    return stats
 
 
-def _prepare(cfg: DataConfig) -> PreparedData:
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise DataError(f"data.val_fraction={cfg.val_fraction}: expected 0 <= value < 1")
-    fp = _fingerprint(cfg)
-    out_dir = Path(cfg.dir) / f"{_slug(cfg.source)}-v{cfg.vocab_size}-{fp}"
-    meta_path = out_dir / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fp:
-            return PreparedData(out_dir, meta)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = os.path.join(cfg.dir, ".cache")
-    load = dict(hf_split=cfg.hf_split, hf_text_column=cfg.hf_text_column, hf_config=cfg.hf_config,
-                cache_dir=cache)
+# -- prepare -----------------------------------------------------------------------------------
+
+def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False) -> PreparedData:
+    fp, out = fingerprint(cfg), prepared_dir(cfg)
+    meta = _reusable_meta(out, fp)
+    if meta is not None:
+        return PreparedData(out, meta)
+    if reuse_only:
+        raise DataError(f"{out}: no prepared data after the main process ran (on several "
+                        "machines, put data.dir on a shared filesystem or run "
+                        "scripts/prepare_data.py on each first)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # a stale meta must not vouch for new files
+    load = dict(hf_split=cfg.hf_split, hf_text_column=cfg.hf_text_column,
+                hf_config=cfg.hf_config, data_dir=cfg.dir, progress=progress)
     rows = load_documents(cfg.source, **load)
-    val_rows = load_documents(cfg.val_source, **load) if cfg.val_source else None
 
-    texts = (r["text"] for ds in (rows, val_rows) if ds is not None for r in ds)
-    tok = Tokenizer.train(texts, cfg.vocab_size)
-    tok.save(out_dir / "tokenizer.json")
-    dtype, token_bytes = token_dtype(tok.vocab_size), tok.token_bytes()
-
-    tokenized = _tokenize(rows, tok, cfg.tokenize_batch)
-    lengths = [len(x) for b in tokenized.iter(batch_size=1024) for x in b["ids"]]
-    total, n_docs = sum(lengths), sum(1 for r in rows.select_columns(["doc_end"]) if r["doc_end"])
-    if total - n_docs <= 0:  # nothing but end-of-text tokens
-        raise DataError(f"data.source={cfg.source!r}: the corpus is empty (0 bytes of text)")
-    paths = {"train": out_dir / "train.bin", "val": out_dir / "val.bin"}
-    if val_rows is None:
-        val_n = int(total * cfg.val_fraction)
-        counts, nbytes = _write_tokens(tokenized, paths, {"train": total - val_n, "val": val_n},
-                                       dtype, token_bytes)
+    chars = [0]
+    tok = Tokenizer.train(_texts(rows, chars), cfg.vocab_size, show_progress=progress)
+    if chars[0] == 0:
+        raise DataError(f"data.source={cfg.source!r}: the corpus is empty "
+                        f"(0 characters of text in {len(rows)} rows)")
+    tok.save(out / "tokenizer.json")
+    dtype = token_dtype(tok.vocab_size)
+    tokenized = _tokenize(rows, tok, cfg.tokenize_batch, dtype, "tokenizing")
+    total = _count(tokenized)
+    train_path, val_path = out / "train.bin", out / "val.bin"
+    if cfg.val_source:
+        val_tok = _tokenize(load_documents(cfg.val_source, **load), tok, cfg.tokenize_batch,
+                            dtype, "tokenizing val")
+        n_train, n_val = total, _count(val_tok)
+        streams = [(tokenized, [(train_path, n_train)]), (val_tok, [(val_path, n_val)])]
     else:
-        counts, nbytes = _write_tokens(tokenized, {"train": paths["train"]}, {"train": total},
-                                       dtype, token_bytes)
-        vt = _tokenize(val_rows, tok, cfg.tokenize_batch)
-        vtotal = sum(len(x) for b in vt.iter(batch_size=1024) for x in b["ids"])
-        vc, vb = _write_tokens(vt, {"val": paths["val"]}, {"val": vtotal}, dtype, token_bytes)
-        counts.update(vc)
-        nbytes.update(vb)
-    meta = {"fingerprint": fp, "format": FORMAT, "source": cfg.source, "val_source": cfg.val_source,
-            "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "dtype": dtype.name,
-            "train_tokens": counts["train"], "val_tokens": counts["val"],
-            "train_bytes": nbytes["train"], "val_bytes": nbytes["val"],
-            "bytes_note": "UTF-8 bytes of the text each split decodes to, end-of-text tokens excluded"}
-    _atomic_json(meta_path, meta)  # written last: its presence means the dir is complete
-    return PreparedData(out_dir, meta)
+        n_train = int(total * (1 - cfg.val_fraction))  # nanoGPT: data[:int(n*0.9)] trains
+        n_val = total - n_train
+        streams = [(tokenized, [(train_path, n_train), (val_path, n_val)])]
+    if n_train < 2 or (n_val < 2 and (cfg.val_source or cfg.val_fraction > 0)):
+        raise DataError(f"data.source={cfg.source!r}: too small to split: {total} tokens give "
+                        f"{n_train} train and {n_val} val tokens (each needs >= 2)")
+    stats = _write_splits(streams, tok, dtype, progress)
+    meta = {
+        "format": FORMAT, "fingerprint": fp, "source": cfg.source, "val_source": cfg.val_source,
+        "val_fraction": None if cfg.val_source else cfg.val_fraction,
+        "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "eot_token": tok.eot_token,
+        "dtype": dtype.name,
+        "train_tokens": stats["train"]["tokens"], "val_tokens": stats["val"]["tokens"],
+        "train_bytes": stats["train"]["bytes"], "val_bytes": stats["val"]["bytes"],
+        "train_documents": stats["train"]["documents"], "val_documents": stats["val"]["documents"],
+        "bytes_note": "UTF-8 bytes of the text each split's tokens stand for; end-of-text "
+                      "tokens excluded. Bits per byte = nats / (ln 2 * bytes).",
+        "config": asdict(cfg),
+    }
+    atomic_write(out / "meta.json", json.dumps(meta, indent=2))  # last: marks the dir complete
+    return PreparedData(out, meta)
 
 
-def prepare(cfg: DataConfig, accelerator=None) -> PreparedData:
+def prepare(cfg: DataConfig, accelerator=None, *, progress: bool = True) -> PreparedData:
     """Prepare (or reuse) the tokenizer and token files for ``cfg``.
 
-    Under accelerate the main process prepares while the others wait, then they reuse its
-    output (``main_process_first``).
+    Under accelerate the main process prepares inside ``main_process_first()`` while the others
+    wait, then they only reuse its output. An error in the main process is re-raised by every
+    process after the barrier instead of leaving the others waiting forever.
     """
-    ctx = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
-    with ctx:
-        return _prepare(cfg)
+    if accelerator is None:
+        return _prepare(cfg, progress)
+    result, error = None, None
+    with accelerator.main_process_first():
+        try:
+            main = accelerator.is_main_process
+            result = _prepare(cfg, progress and main, reuse_only=not main)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the barrier
+            error = e
+    if error is not None:
+        raise error
+    return result
 
 
-def load_tokens(path: str | Path, dtype) -> np.ndarray:
+# -- batches -----------------------------------------------------------------------------------
+
+def load_tokens(path: str | Path, dtype=np.uint16) -> np.ndarray:
     """A read-only memory map of a token file: nothing is read until it is indexed."""
-    path = Path(path)
+    path, dtype = Path(path), np.dtype(dtype)
     if not path.is_file():
         raise DataError(f"{path}: token file not found (run scripts/prepare_data.py)")
-    if path.stat().st_size == 0:
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
+    size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise DataError(f"{path}: {size} bytes is not a whole number of {dtype.name} ids")
+    return np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
 
 
 class TrainBatches:
-    """Infinite (x, y) batches of shuffled packed windows, sharded over processes, resumable.
+    """Infinite ``(x, y)`` int64 batches of shape (batch_size, block_size): shuffled packed
+    blocks, disjoint across processes, resumable exactly.
 
-    Each epoch draws a random offset in [0, block_size) and cuts the stream from it into
-    windows of block_size + 1 tokens that overlap by one (the last target of a window is the
-    first input of the next), so every token is a target exactly once per epoch; the offset
-    shifts the window boundaries between epochs. The windows are permuted by a generator seeded
-    with (seed, epoch), identical on every process; process r takes slices r, r + world, ... of
-    that order, so processes never see the same window in an epoch. The position is just
-    (epoch, batch): ``state_dict`` / ``load_state_dict`` resume exactly, with no replay.
+    Each epoch draws an offset in [0, block_size) and cuts the stream from there into
+    consecutive non-overlapping input blocks of ``block_size`` tokens; block k is read as a
+    window of block_size + 1 tokens, x = window[:-1], y = window[1:] (the next block's first
+    token is this block's last target). The blocks are permuted by a generator seeded with
+    (seed, epoch), identically on every process; step s uses permuted blocks
+    [s*B*W, (s+1)*B*W) and process r takes the r-th slice of B. Why:
+      * every token is a target at most once per epoch (all but the < (B*W+1)*T tokens at the
+        edges exactly once), unlike random windows, which repeat some tokens and miss others;
+      * processes never see the same block in an epoch, with no communication;
+      * the position is just (epoch, step): resuming replays nothing and skips nothing, and
+        every process gets the same number of steps per epoch (DDP never waits on a straggler);
+      * the offset moves the block boundaries between epochs, so no token is always first.
+    Reads go to a memory map; only the B windows of a step are ever in memory.
     """
 
-    def __init__(self, path, block_size: int, batch_size: int, rank: int = 0,
+    def __init__(self, path: str | Path, block_size: int, batch_size: int, rank: int = 0,
                  world_size: int = 1, seed: int = 0, dtype=np.uint16) -> None:
-        self.tokens = load_tokens(path, dtype)
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank={rank} is outside world_size={world_size}")
         self.path, self.T, self.B = Path(path), block_size, batch_size
         self.rank, self.world, self.seed = rank, world_size, seed
-        self.epoch, self.batch = 0, 0
-        n, need = len(self.tokens), (block_size) * batch_size * world_size + block_size + 1
+        self.tokens = load_tokens(path, dtype)
+        n, need = len(self.tokens), block_size * (batch_size * world_size + 1)
         if n < need:
             raise DataError(
-                f"{self.path}: {n} tokens is too small for one batch of {batch_size} x "
-                f"{block_size + 1} tokens on {world_size} process(es) (need {need}); use a "
-                "bigger corpus or smaller model.block_size / optim.batch_size")
-        self._order: torch.Tensor | None = None
+                f"{self.path}: {n} tokens is too small for one batch: {world_size} process(es) x "
+                f"{batch_size} blocks of {block_size} tokens need {need} (with room for the "
+                "random offset); use a bigger corpus or a smaller block_size / batch_size")
+        self.epoch, self.step = 0, 0
+        self._plan: Optional[tuple[int, int, torch.Tensor]] = None  # (epoch, offset, order)
 
-    def _epoch_order(self) -> tuple[int, torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        offset = int(torch.randint(0, self.T, (1,), generator=g))
-        n_windows = (len(self.tokens) - offset - 1) // self.T
-        return offset, torch.randperm(n_windows, generator=g)
+    def _order(self) -> tuple[int, torch.Tensor]:
+        if self._plan is None or self._plan[0] != self.epoch:
+            seq = np.random.SeedSequence([abs(int(self.seed)), self.epoch])
+            g = torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
+            offset = int(torch.randint(0, self.T, (1,), generator=g))
+            n_blocks = (len(self.tokens) - 1 - offset) // self.T
+            self._plan = (self.epoch, offset, torch.randperm(n_blocks, generator=g))
+        return self._plan[1], self._plan[2]
 
-    def batches_per_epoch(self) -> int:
-        _, order = self._epoch_order()
-        return len(order) // (self.B * self.world)
+    def steps_per_epoch(self) -> int:
+        return len(self._order()[1]) // (self.B * self.world)
 
     def __iter__(self) -> "TrainBatches":
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        offset, order = self._epoch_order() if self._order is None else self._order
-        self._order = (offset, order)
-        per_epoch = len(order) // (self.B * self.world)
-        if self.batch >= per_epoch:
-            self.epoch, self.batch, self._order = self.epoch + 1, 0, None
-            return next(self)
-        first = (self.batch * self.world + self.rank) * self.B
+        if self.step >= self.steps_per_epoch():
+            self.epoch, self.step = self.epoch + 1, 0
+        offset, order = self._order()
+        first = (self.step * self.world + self.rank) * self.B
         starts = offset + order[first:first + self.B].numpy() * self.T
         rows = np.stack([self.tokens[s:s + self.T + 1] for s in starts]).astype(np.int64)
-        self.batch += 1
-        t = torch.from_numpy(rows)
-        return t[:, :-1], t[:, 1:]
+        self.step += 1
+        return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed,
-                "world_size": self.world, "block_size": self.T, "batch_size": self.B}
+        """The same on every process (no rank in it): save it from the main process only."""
+        return {"epoch": self.epoch, "step": self.step, "seed": self.seed,
+                "blocks_done": self.step * self.B * self.world, "block_size": self.T,
+                "batch_size": self.B, "world_size": self.world, "tokens": len(self.tokens)}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, mine in (("world_size", self.world), ("block_size", self.T), ("batch_size", self.B)):
-            if state.get(key, mine) != mine:
+        """Continue where ``state`` left off. With the same batch size and process count this
+        is exact; with others, the epoch's order goes on from the first unread block (rounded
+        up to a whole step). The block size and token file must match: they define the order."""
+        for key, mine in (("block_size", self.T), ("tokens", len(self.tokens))):
+            if state[key] != mine:
                 raise DataError(f"data position was saved with {key}={state[key]}, now {mine}: "
-                                "resume with the same processes, block and batch size")
-        self.epoch, self.batch, self.seed, self._order = state["epoch"], state["batch"], state["seed"], None
+                                "the block order differs, resume is impossible")
+        self.seed, self.epoch = state["seed"], state["epoch"]
+        per_step = self.B * self.world
+        self.step = -(-state["blocks_done"] // per_step)  # ceil: never repeat a block
 
 
 class EvalBlocks(Dataset):
-    """Sequential non-overlapping blocks covering a split once.
+    """Sequential non-overlapping blocks covering a split exactly once (map-style).
 
-    Item i is (x, y) with x = tokens[iT : iT+T] and y = tokens[iT+1 : iT+T+1]; the last block
-    is padded (x with 0, y with -100, the ignore index), so every token after the first is
-    predicted exactly once.
+    Item i is (x, y) with x = tokens[i*T : i*T+T] and y = tokens[i*T+1 : i*T+T+1]; the last
+    block is padded (x with 0, y with -100, cross_entropy's ignore_index), so every token after
+    the first is predicted exactly once: len(split) - 1 targets in all. Sharding across
+    processes is the DataLoader's and accelerate's job.
     """
 
-    def __init__(self, path, block_size: int, dtype=np.uint16) -> None:
-        self.tokens = load_tokens(path, dtype)
-        self.T = block_size
-        if len(self.tokens) < 2:
-            raise DataError(f"{path}: {len(self.tokens)} tokens; evaluation needs at least 2")
+    def __init__(self, path: str | Path, block_size: int, dtype=np.uint16) -> None:
+        self.tokens, self.T = load_tokens(path, dtype), block_size
+        if len(self.tokens) < block_size + 1:
+            raise DataError(f"{path}: {len(self.tokens)} tokens is too small for one evaluation "
+                            f"block of {block_size} (+1 target); use a bigger val split or a "
+                            "smaller block_size")
 
     def __len__(self) -> int:
         return -(-(len(self.tokens) - 1) // self.T)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
         chunk = torch.from_numpy(self.tokens[i * self.T: i * self.T + self.T + 1].astype(np.int64))
         x = torch.zeros(self.T, dtype=torch.long)
         y = torch.full((self.T,), -100, dtype=torch.long)
