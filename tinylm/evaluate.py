@@ -13,15 +13,34 @@ tokens covered.
 Several processes give the same numbers as one: sums (not means) of per-sequence nats and token
 counts are gathered with ``gather_for_metrics``, which drops the samples accelerate repeats to
 even out the last batch, and added up in float64.
+
+:func:`evaluate_checkpoint` scores a saved checkpoint with nothing else at hand: by default on
+the validation split its config.json records; or on any source (a text file, folder, glob,
+``python-docs``...; see ``tinylm.corpus``) tokenized with the checkpoint's own tokenizer.json
+exactly as ``prepare`` tokenizes a split (normalized text, end-of-text after each document), so
+a file scored here gives the same numbers as the same file prepared as ``data.val_source``.
+Every failure is one line: ``CheckpointError`` for the checkpoint, ``DataError`` for the data.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from tinylm.checkpoint import TOKENIZER_FILE, CheckpointError, load_model
+from tinylm.corpus import DataError, load_documents, normalize
+from tinylm.data import EvalBlocks, load_tokens, token_dtype
+from tinylm.model import GPT
+from tinylm.tokenizer import Tokenizer
 
 
 @dataclass
@@ -92,3 +111,121 @@ def evaluate(
         tokens=tokens,
         bytes=covered_bytes,
     )
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+def load_for_inference(ckpt: str | Path, device: str | torch.device = "cpu"
+                       ) -> tuple[GPT, Tokenizer, dict]:
+    """(model in eval mode, its tokenizer, config.json) of a checkpoint, checked to belong
+    together: every tokenizer id must be a row of the model's embedding. The model's vocab may
+    be larger (the trainer pads it to a multiple of 64); those extra ids are never data."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{ckpt}: no such checkpoint directory")
+    model, cfg = load_model(ckpt, device=device)
+    try:
+        tokenizer = Tokenizer.load(ckpt / TOKENIZER_FILE)
+    except DataError as e:
+        raise CheckpointError(str(e)) from None
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(
+            f"{ckpt}: vocab mismatch: {TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the "
+            f"model's vocab_size is {model.config.vocab_size}; the tokenizer is not this model's")
+    return model, tokenizer, cfg
+
+
+@dataclass
+class _Split:
+    """A token file to score and what it stands for."""
+
+    path: Path
+    dtype: np.dtype
+    tokens: int
+    bytes: int
+    label: str
+
+
+def _recorded_val_split(ckpt: Path, cfg: dict, tokenizer: Tokenizer) -> _Split:
+    """The validation split the checkpoint was trained against, checked to be intact."""
+    if "data_dir" not in cfg or "val_tokens" not in cfg or "val_bytes" not in cfg:
+        raise CheckpointError(f"{ckpt}: config.json records no validation split; pass data")
+    data_dir = Path(cfg["data_dir"])
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(f"{data_dir}: the checkpoint's prepared data is gone (no meta.json); "
+                        "re-prepare it or pass data")
+    meta = json.loads(meta_path.read_text())
+    dtype = np.dtype(meta["dtype"])
+    tokens = load_tokens(data_dir / "val.bin", dtype)
+    if len(tokens) != cfg["val_tokens"]:
+        raise DataError(f"{data_dir / 'val.bin'}: {len(tokens)} tokens, but the checkpoint "
+                        f"recorded {cfg['val_tokens']}: the data changed since training")
+    tok_path = data_dir / TOKENIZER_FILE
+    if tok_path.is_file() and Tokenizer.load(tok_path).fingerprint() != tokenizer.fingerprint():
+        raise DataError(f"{tok_path}: not the checkpoint's tokenizer: the data was re-prepared")
+    return _Split(data_dir / "val.bin", dtype, cfg["val_tokens"], cfg["val_bytes"],
+                  f"val split of {data_dir}")
+
+
+def _tokenize_source(source: str, tokenizer: Tokenizer, out: Path) -> _Split:
+    """Tokenize ``source`` into the token file ``out``, the way ``prepare`` builds a split:
+    normalized text (BOM, CRLF), end-of-text after each non-empty document. Bytes are the
+    UTF-8 bytes of that text. Streamed in batches of rows: the corpus is never whole in memory."""
+    rows = load_documents(source, progress=False)
+    raw = "doc_end" not in rows.column_names  # table rows: one document each, not normalized
+    dtype, tokens, n_bytes = token_dtype(tokenizer.vocab_size), 0, 0
+    with open(out, "wb") as f:
+        for batch in rows.iter(batch_size=256):
+            texts = [normalize(t or "") for t in batch["text"]] if raw else batch["text"]
+            ends = [True] * len(texts) if raw else batch["doc_end"]
+            for text, end, ids in zip(texts, ends, tokenizer.encode_batch(texts)):
+                ids = ids + [tokenizer.eot_id] if end and text else ids
+                f.write(np.asarray(ids, dtype=dtype).tobytes())
+                tokens, n_bytes = tokens + len(ids), n_bytes + len(text.encode("utf-8"))
+    if tokens < 2:
+        raise DataError(f"{source}: {tokens} token(s) of text; evaluation needs at least 2")
+    return _Split(out, dtype, tokens, n_bytes, source)
+
+
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    data: str | None = None,
+    *,
+    block_size: int | None = None,
+    batch_size: int = 16,
+    accelerator=None,
+) -> dict:
+    """Loss, perplexity and bits per byte of a checkpoint on ``data``, as a flat dict.
+
+    ``data`` None is the validation split recorded in the checkpoint; otherwise a source,
+    tokenized with the checkpoint's tokenizer (see the module docstring). ``block_size``
+    defaults to the model's context (larger is an error: rotary positions past it were never
+    trained); a text shorter than one block is scored as one shorter block. With
+    ``accelerator`` the blocks are sharded over its processes and the sums gathered, and every
+    process returns the same dict.
+    """
+    device = accelerator.device if accelerator is not None else "cpu"
+    model, tokenizer, cfg = load_for_inference(ckpt, device)
+    context = model.config.block_size
+    T = block_size or context
+    if not 1 <= T <= context:
+        raise ValueError(f"block_size={T}: expected 1..{context} (the model's context)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected >= 1")
+    first = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="tinylm-eval-") as tmp:
+        if data is None:
+            split = _recorded_val_split(Path(ckpt), cfg, tokenizer)
+        else:
+            with first:  # one process fills the datasets cache, the others reuse it
+                split = _tokenize_source(data, tokenizer, Path(tmp) / "eval.bin")
+        T = min(T, split.tokens - 1)
+        loader = DataLoader(EvalBlocks(split.path, T, dtype=split.dtype), batch_size=batch_size)
+        if accelerator is not None:
+            loader = accelerator.prepare(loader)
+        result = evaluate(model, loader, split_bytes=split.bytes, split_tokens=split.tokens,
+                          accelerator=accelerator)
+    return {"checkpoint": str(ckpt), "step": cfg.get("step"), "data": split.label,
+            "block_size": T, **result.to_dict(),
+            "num_processes": accelerator.num_processes if accelerator is not None else 1}
