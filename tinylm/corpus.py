@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 CHUNK_BYTES = 1 << 16  # bytes read per step, and the row size of text files (see above)
 TABLE_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 PATH_LIKE_SUFFIXES = {".txt", ".md", ".rst", ".text", ".csv", ".arrow", *TABLE_SUFFIXES}
+ROW_FEATURES = datasets.Features({"text": datasets.Value("string"), "doc_end": datasets.Value("bool")})
 _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "turtledemo",
               "__pycache__"}
 
@@ -165,8 +166,9 @@ def text_file_rows(paths: list[str], stamps: object = None) -> Iterator[dict]:
                     if cut > 0:
                         yield {"text": normalize_newlines(pending[:cut]), "doc_end": False}
                         pending = pending[cut:]
-        if pending:  # an empty file is no document at all
-            yield {"text": normalize_newlines(pending), "doc_end": True}
+        # an empty file yields one empty row: no tokens, no end-of-text (and datasets cannot
+        # load a generator dataset of zero rows, so an empty corpus stays a clear DataError)
+        yield {"text": normalize_newlines(pending), "doc_end": True}
 
 
 def _files_under(path: Path) -> list[str]:
@@ -224,6 +226,18 @@ def describe(source: str) -> dict:
     return {"kind": "hub", "name": source}
 
 
+def document_texts(rows: datasets.Dataset, counter: Optional[list[int]] = None,
+                   batch_size: int = 256) -> Iterator[list[str]]:
+    """Batches of normalized document text (for tokenizer training); ``counter[0]`` counts
+    characters, so callers can tell an empty corpus after one pass."""
+    raw = "doc_end" not in rows.column_names  # text-file rows were normalized when read
+    for b in rows.select_columns(["text"]).iter(batch_size=batch_size):
+        texts = [normalize(t or "") for t in b["text"]] if raw else b["text"]
+        if counter is not None:
+            counter[0] += sum(map(len, texts))
+        yield texts
+
+
 def _text_column(ds: datasets.Dataset, column: str, where: str) -> datasets.Dataset:
     """Keep only the text column, named ``text`` (metadata only: no data is copied)."""
     if column not in ds.column_names:
@@ -258,8 +272,9 @@ def load_documents(source: str, *, hf_split: str = "train", hf_text_column: str 
             ds = datasets.load_dataset(builder, data_files=files, split="train")
             return _text_column(ds, hf_text_column, source)
         try:
-            return datasets.Dataset.from_generator(
-                text_file_rows, gen_kwargs={"paths": files, "stamps": _stamp(files)})
+            return datasets.Dataset.from_generator(  # features given: an empty corpus is 0 rows
+                text_file_rows, features=ROW_FEATURES,
+                gen_kwargs={"paths": files, "stamps": _stamp(files)})
         except datasets.exceptions.DatasetGenerationError as e:  # unwrap our own error
             if isinstance(e.__cause__, DataError):
                 raise e.__cause__ from None

@@ -34,7 +34,7 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import datasets
 import numpy as np
@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tinylm.corpus import DataError, atomic_write, describe, load_documents, normalize
+from tinylm.corpus import DataError, atomic_write, describe, document_texts, load_documents, normalize
 from tinylm.tokenizer import Tokenizer
 
 __all__ = ["DataConfig", "DataError", "EvalBlocks", "PreparedData", "TrainBatches", "prepare"]
@@ -117,7 +117,15 @@ def fingerprint(cfg: DataConfig) -> str:
 
 
 def prepared_dir(cfg: DataConfig) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", cfg.source.strip("/~.")).strip("_")[-40:] or "corpus"
+    """``<dir>/<name>-v<vocab>-<fingerprint>``: the name is the file or folder name (the last
+    part without wildcards for a glob, ``owner_name`` for a Hub dataset); the fingerprint
+    keeps two sources with the same name apart."""
+    if Path(cfg.source).expanduser().exists() or any(c in cfg.source for c in "*?["):
+        parts = [p for p in Path(cfg.source).parts if not any(c in p for c in "*?[")]
+        name = parts[-1] if parts else "corpus"
+    else:
+        name = cfg.source
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_.")[-40:] or "corpus"
     return Path(cfg.dir) / f"{slug}-v{cfg.vocab_size}-{fingerprint(cfg)[:8]}"
 
 
@@ -135,15 +143,6 @@ def _reusable_meta(out: Path, fp: str) -> Optional[dict]:
 
 
 # -- tokenizing ------------------------------------------------------------------------------
-
-def _texts(rows: datasets.Dataset, counter: list[int]) -> Iterator[list[str]]:
-    """Batches of normalized document text for tokenizer training; counts characters."""
-    raw = "doc_end" not in rows.column_names  # text-file rows are normalized when read
-    for b in rows.select_columns(["text"]).iter(batch_size=256):
-        texts = [normalize(t or "") for t in b["text"]] if raw else b["text"]
-        counter[0] += sum(map(len, texts))
-        yield texts
-
 
 def _tokenize(rows: datasets.Dataset, tok: Tokenizer, batch_size: int, dtype: np.dtype,
               desc: str) -> datasets.Dataset:
@@ -231,7 +230,7 @@ def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False) -> Prepa
     rows = load_documents(cfg.source, **load)
 
     chars = [0]
-    tok = Tokenizer.train(_texts(rows, chars), cfg.vocab_size, show_progress=progress)
+    tok = Tokenizer.train(document_texts(rows, chars), cfg.vocab_size, show_progress=progress)
     if chars[0] == 0:
         raise DataError(f"data.source={cfg.source!r}: the corpus is empty "
                         f"(0 characters of text in {len(rows)} rows)")

@@ -1,0 +1,79 @@
+"""Shared fixtures. No test may touch the network or ~/.cache.
+
+``datasets`` reads HF_HOME once, when it is first imported, so the session's HF_HOME is set
+here, at conftest import, before any test module imports it; the Hub is switched to offline
+mode for the same reason. ``hf_cache`` gives one test its own datasets cache on top of that.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_HF_HOME = tempfile.mkdtemp(prefix="tinylm-test-hf-")
+atexit.register(shutil.rmtree, _HF_HOME, True)
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+WORDS = ("the of and a to in is you that it he was for on are as with his they I at be this "
+         "have from or one had by word but not what all were we when your can said there use "
+         "an each which she do how their if will up other about out many then them these so "
+         "naïve café Straße façade 日本語 ünïcödé ĉu 🙂 λόγος").split()
+
+
+def corpus_text(n_chars: int, seed: int = 0) -> str:
+    """Deterministic pseudo-English with paragraphs and some non-ASCII words."""
+    rng, parts, size = random.Random(seed), [], 0
+    while size < n_chars:
+        sentence = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))).capitalize()
+        sep = "\n\n" if rng.random() < 0.15 else ("\n" if rng.random() < 0.3 else " ")
+        parts.append(sentence + "." + sep)
+        size += len(parts[-1])
+    return "".join(parts)
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh HF_HOME (and datasets cache) for one test."""
+    import datasets
+
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
+    return home
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    """~20 KB of UTF-8 text with LF line breaks, no BOM."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(corpus_text(20_000), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    """A folder of three documents (one nested, one .md) and a hidden file to skip."""
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text(corpus_text(6000, seed=1), encoding="utf-8")
+    (root / "b.md").write_text(corpus_text(6000, seed=2), encoding="utf-8")
+    (root / "sub" / "c.txt").write_text(corpus_text(6000, seed=3), encoding="utf-8")
+    (root / ".hidden.txt").write_text("never read", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def python_docs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real python-docs corpus, built once per session (~5 s)."""
+    from tinylm.corpus import build_python_docs
+
+    return build_python_docs(tmp_path_factory.mktemp("pydocs"), progress=False)

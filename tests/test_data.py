@@ -1,0 +1,396 @@
+"""prepare(): token files, byte accounting, caching, atomic writes; TrainBatches; EvalBlocks;
+the scripts."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from conftest import corpus_text
+from tinylm import data as datamod
+from tinylm.data import (DataConfig, DataError, EvalBlocks, PreparedData, TrainBatches,
+                         load_tokens, prepare, token_dtype)
+from tinylm.tokenizer import EOT, Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cfg_for(source: Path | str, tmp_path: Path, **kw) -> DataConfig:
+    kw = {"dir": str(tmp_path / "data"), "vocab_size": 400, **kw}
+    return DataConfig(source=str(source), **kw)
+
+
+def stream(d: PreparedData) -> np.ndarray:
+    return np.concatenate([load_tokens(d.train_path, d.dtype), load_tokens(d.val_path, d.dtype)])
+
+
+# -- config --------------------------------------------------------------------------------
+
+def test_data_config_is_a_plain_structured_config() -> None:
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig),
+                                              OmegaConf.from_dotlist(["vocab_size=1024"])))
+    assert cfg == DataConfig(vocab_size=1024)
+    assert (cfg.source, cfg.val_fraction, cfg.dir, cfg.val_source) == ("python-docs", 0.1, "data", None)
+    with pytest.raises(DataError, match="val_fraction=1.5"):
+        DataConfig(val_fraction=1.5)
+    with pytest.raises(ValueError, match="vocab_size=100"):  # what OmegaConf.to_object surfaces
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), {"vocab_size": 100}))
+
+
+def test_token_dtype_is_the_smallest_that_fits() -> None:
+    assert token_dtype(8192) == np.uint16 and token_dtype(65535) == np.uint16
+    assert token_dtype(65536) == np.uint16  # ids 0..65535 still fit in 2 bytes
+    assert token_dtype(65537) == np.uint32 and token_dtype(200_000) == np.uint32
+
+
+# -- prepare: contents -----------------------------------------------------------------------
+
+def test_prepare_text_file_counts_every_byte(text_file: Path, tmp_path: Path) -> None:
+    d = prepare(cfg_for(text_file, tmp_path), progress=False)
+    raw, m, tok = text_file.read_bytes(), d.meta, d.tokenizer()
+    # the keep-linebreaks regression: not one byte (line breaks!) may go missing
+    assert m["train_bytes"] + m["val_bytes"] == len(raw)
+    ids = stream(d)
+    assert tok.decode_bytes(ids) == raw and ids[-1] == m["eot_id"] and m["eot_id"] == tok.eot_id
+    assert list(ids) == tok.encode(raw.decode()) + [tok.eot_id]  # one document, EOT-terminated
+    assert m["train_tokens"] == int(len(ids) * 0.9) and m["val_tokens"] == len(ids) - m["train_tokens"]
+    assert (m["vocab_size"], m["dtype"], d.dtype) == (400, "uint16", np.uint16)
+    for path, key in ((d.train_path, "train"), (d.val_path, "val")):
+        assert path.stat().st_size == m[f"{key}_tokens"] * 2
+        assert len(tok.decode_bytes(load_tokens(path, d.dtype))) == m[f"{key}_bytes"]
+    assert m["source"] == str(text_file) and "excluded" in m["bytes_note"]
+    assert d.tokenizer_path.is_file() and json.loads((d.dir / "meta.json").read_text()) == m
+    assert not [p for p in d.dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bytes_add_up_when_the_split_cuts_a_character(tmp_path: Path) -> None:
+    path = tmp_path / "cjk.txt"
+    path.write_text("".join(corpus_text(300, seed=i) + "語彙🙂ß" for i in range(40)))
+    for frac in (0.1, 0.13, 0.37):
+        d = prepare(cfg_for(path, tmp_path, val_fraction=frac), progress=False)
+        tok, m = d.tokenizer(), d.meta
+        assert m["train_bytes"] + m["val_bytes"] == path.stat().st_size
+        assert len(tok.decode_bytes(load_tokens(d.val_path, d.dtype))) == m["val_bytes"]
+
+
+def test_crlf_and_bom_are_normalized_before_counting(tmp_path: Path) -> None:
+    text = corpus_text(5000)
+    path = tmp_path / "windows.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    d = prepare(cfg_for(path, tmp_path), progress=False)
+    assert d.meta["train_bytes"] + d.meta["val_bytes"] == len(text.encode())  # LF bytes, no BOM
+    assert d.tokenizer().decode_bytes(stream(d)) == text.encode()
+
+
+def test_documents_are_joined_by_eot_and_literal_eot_text_is_text(corpus_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    (corpus_dir / "b.md").write_text(f"quoting {EOT} is fine\n")
+    (corpus_dir / "empty.txt").write_text("")  # no document, so no EOT
+    d = prepare(cfg_for(corpus_dir, tmp_path, val_fraction=0.2), progress=False)
+    ids, tok = stream(d), d.tokenizer()
+    ends = np.flatnonzero(ids == tok.eot_id)
+    assert len(ends) == 3 and ends[-1] == len(ids) - 1
+    pieces = np.split(ids, ends + 1)[:-1]
+    expected = [(corpus_dir / n).read_text() for n in ("a.txt", "b.md", "sub/c.txt")]
+    assert [tok.decode(p[:-1]) for p in pieces] == expected
+    assert d.meta["train_documents"] + d.meta["val_documents"] == 3
+
+
+def test_val_source_is_the_whole_val_split(corpus_dir: Path, text_file: Path, tmp_path: Path) -> None:
+    d = prepare(cfg_for(corpus_dir, tmp_path, val_source=str(text_file)), progress=False)
+    tok = d.tokenizer()
+    assert tok.decode_bytes(load_tokens(d.val_path, d.dtype)) == text_file.read_bytes()
+    assert d.meta["val_bytes"] == text_file.stat().st_size
+    assert d.meta["train_bytes"] == sum(p.stat().st_size for p in corpus_dir.rglob("[!.]*.*"))
+    assert d.meta["val_fraction"] is None
+
+
+def test_table_and_python_docs_sources_prepare(tmp_path: Path, python_docs_file: Path) -> None:
+    import datasets
+
+    rows = [corpus_text(800, seed=i) for i in range(12)]
+    datasets.Dataset.from_dict({"body": rows}).to_parquet(str(tmp_path / "t.parquet"))
+    d = prepare(cfg_for(tmp_path / "t.parquet", tmp_path, hf_text_column="body"), progress=False)
+    assert d.meta["train_documents"] + d.meta["val_documents"] == 12
+    assert d.meta["train_bytes"] + d.meta["val_bytes"] == sum(len(r.encode()) for r in rows)
+    # python-docs end to end, reusing the session's build (copied where prepare looks for it)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / python_docs_file.name).write_bytes(python_docs_file.read_bytes())
+    d = prepare(cfg_for("python-docs", tmp_path, vocab_size=512), progress=False)
+    assert d.dir.name.startswith("python-docs-v512-")
+    assert d.meta["train_documents"] > 1000 and d.meta["train_bytes"] > 1_000_000
+
+
+# -- prepare: errors -------------------------------------------------------------------------
+
+def test_empty_corpus_and_too_small_split_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="corpus is empty"):
+        prepare(cfg_for(tmp_path / "empty.txt", tmp_path), progress=False)
+    (tmp_path / "tiny.txt").write_text("hi")
+    with pytest.raises(DataError, match=r"too small to split: 3 tokens give 2 train and 1 val"):
+        prepare(cfg_for(tmp_path / "tiny.txt", tmp_path), progress=False)
+
+
+def test_non_utf8_source_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 ok".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.txt: not valid UTF-8 at byte 3$"):
+        prepare(cfg_for(tmp_path / "latin1.txt", tmp_path), progress=False)
+
+
+# -- prepare: caching and atomicity ------------------------------------------------------------
+
+def test_same_config_reuses_changed_config_or_source_reprepares(text_file: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    cfg = cfg_for(text_file, tmp_path)
+    first = prepare(cfg, progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(Tokenizer, "train", lambda *a, **k: pytest.fail("re-prepared"))
+        again = prepare(replace(cfg, tokenize_batch=7), progress=False)  # not part of the key
+        assert again.dir == first.dir and again.meta == first.meta
+    changed = prepare(replace(cfg, val_fraction=0.2), progress=False)
+    assert changed.dir != first.dir and changed.meta["val_tokens"] > first.meta["val_tokens"]
+    text_file.write_text(text_file.read_text() + "more text\n")
+    edited = prepare(cfg, progress=False)
+    assert edited.dir != first.dir and edited.meta["train_bytes"] + edited.meta["val_bytes"] == \
+        text_file.stat().st_size
+
+
+def test_incomplete_dir_is_prepared_again(text_file: Path, tmp_path: Path) -> None:
+    cfg = cfg_for(text_file, tmp_path)
+    d = prepare(cfg, progress=False)
+    with open(d.train_path, "r+b") as f:
+        f.truncate(10)  # e.g. a copy cut short
+    again = prepare(cfg, progress=False)
+    assert again.train_path.stat().st_size == again.meta["train_tokens"] * 2
+
+
+def test_tokenized_rows_are_cached_under_hf_home(text_file: Path, tmp_path: Path, hf_cache: Path,
+                                                 monkeypatch) -> None:
+    d = prepare(cfg_for(text_file, tmp_path), progress=False)
+    cached = list((hf_cache / "datasets" / "tinylm").glob("tokens-*.arrow"))
+    assert len(cached) == 1
+    import datasets
+
+    calls = []
+    real_map = datasets.Dataset.map
+    monkeypatch.setattr(datasets.Dataset, "map", lambda self, *a, **k: calls.append(k) or real_map(self, *a, **k))
+    (d.dir / "meta.json").unlink()
+    prepare(cfg_for(text_file, tmp_path), progress=False)
+    assert calls and all(k["batched"] for k in calls)
+    assert list((hf_cache / "datasets" / "tinylm").glob("tokens-*.arrow")) == cached  # reused
+
+
+def test_failed_write_leaves_no_partial_files(text_file: Path, tmp_path: Path, monkeypatch) -> None:
+    real_replace, count = os.replace, [0]
+
+    def fail_second(src, dst):  # 1st: tokenizer.json; 2nd: the token files
+        count[0] += 1
+        if count[0] == 2:
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    cfg = cfg_for(text_file, tmp_path)
+    monkeypatch.setattr(os, "replace", fail_second)
+    with pytest.raises(OSError, match="disk full"):
+        prepare(cfg, progress=False)
+    out = datamod.prepared_dir(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json"]  # no .bin, no meta, no tmp
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert prepare(cfg, progress=False).meta["train_tokens"] > 0
+
+
+class FakeAccelerator:
+    """Records main_process_first() use; the real one is a barrier around the body."""
+
+    def __init__(self, main: bool) -> None:
+        self.is_main_process, self.events = main, []
+
+    @contextlib.contextmanager
+    def main_process_first(self):
+        self.events.append("enter")
+        yield
+        self.events.append("exit")  # the main process's barrier is here: it must be reached
+
+
+def test_under_accelerate_only_the_main_process_prepares(text_file: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    cfg = cfg_for(text_file, tmp_path)
+    other = FakeAccelerator(main=False)
+    with pytest.raises(DataError, match="no prepared data after the main process ran"):
+        prepare(cfg, accelerator=other)  # nothing prepared: a non-main process never prepares
+    assert other.events == ["enter", "exit"]
+    main = FakeAccelerator(main=True)
+    d = prepare(cfg, accelerator=main)
+    assert main.events == ["enter", "exit"]
+    monkeypatch.setattr(Tokenizer, "train", lambda *a, **k: pytest.fail("non-main prepared"))
+    assert prepare(cfg, accelerator=FakeAccelerator(main=False)).meta == d.meta
+
+
+def test_error_in_main_process_still_reaches_the_barrier(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    main = FakeAccelerator(main=True)
+    with pytest.raises(DataError, match="empty"):
+        prepare(cfg_for(tmp_path / "empty.txt", tmp_path), accelerator=main)
+    assert main.events == ["enter", "exit"]
+
+
+# -- TrainBatches ------------------------------------------------------------------------------
+
+def positions_file(tmp_path: Path, n: int, dtype=np.uint16) -> Path:
+    """A token file whose token i is i: a batch shows exactly which positions it read."""
+    path = tmp_path / f"pos-{n}-{np.dtype(dtype).name}.bin"
+    np.arange(n, dtype=dtype).tofile(path)
+    return path
+
+
+def take(b: TrainBatches, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [next(b) for _ in range(k)]
+
+
+def test_batches_shape_dtype_and_shift(tmp_path: Path) -> None:
+    b = TrainBatches(positions_file(tmp_path, 5000), block_size=16, batch_size=4)
+    assert isinstance(b.tokens, np.memmap)  # read on demand, never loaded whole
+    x, y = next(b)
+    assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
+    assert x.is_contiguous() and y.is_contiguous()
+    assert torch.equal(y, x + 1)  # token i is i: y is x shifted by one
+
+
+def test_one_epoch_covers_every_token_once_with_disjoint_ranks(tmp_path: Path) -> None:
+    n, T, B, W = 4000, 16, 3, 3
+    path = positions_file(tmp_path, n)
+    ranks = [TrainBatches(path, T, B, rank=r, world_size=W, seed=5) for r in range(W)]
+    steps = ranks[0].steps_per_epoch()
+    assert steps == (n - 1 - ranks[0]._order()[0]) // T // (B * W)
+    targets = torch.cat([torch.cat([y for _, y in take(b, steps)]).flatten() for b in ranks])
+    assert len(set(targets.tolist())) == len(targets)  # no target twice, no block on two ranks
+    assert len(targets) > n - (B * W + 1) * T  # and all but the edges are covered
+    assert all(b.epoch == 0 for b in ranks)
+    next(ranks[0])
+    assert ranks[0].epoch == 1 and ranks[0].step == 1
+
+
+def test_order_depends_on_seed_and_epoch_only(tmp_path: Path) -> None:
+    path = positions_file(tmp_path, 3000)
+    a, b = TrainBatches(path, 8, 4, seed=1), TrainBatches(path, 8, 4, seed=1)
+    first = take(a, 2 * a.steps_per_epoch())
+    assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(first, take(b, len(first))))
+    epoch0, epoch1 = first[: a.steps_per_epoch()], first[a.steps_per_epoch():]
+    assert not torch.equal(epoch0[0][0], epoch1[0][0])
+    assert not torch.equal(next(TrainBatches(path, 8, 4, seed=2))[0], first[0][0])
+
+
+def test_resume_yields_exactly_the_uninterrupted_batches(tmp_path: Path) -> None:
+    path = positions_file(tmp_path, 2000)
+    for rank in (0, 1):
+        ref = take(TrainBatches(path, 16, 5, rank=rank, world_size=2, seed=3), 20)  # > 3 epochs
+        for cut in (0, 5, 11, 12, 19):
+            b = TrainBatches(path, 16, 5, rank=rank, world_size=2, seed=3)
+            take(b, cut)
+            state = json.loads(json.dumps(b.state_dict()))  # as a checkpoint stores it
+            resumed = TrainBatches(path, 16, 5, rank=rank, world_size=2, seed=999)
+            resumed.load_state_dict(state)
+            for (x, y), (rx, ry) in zip(ref[cut:], take(resumed, 20 - cut)):
+                assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_resume_on_other_world_size_skips_nothing_twice(tmp_path: Path) -> None:
+    path = positions_file(tmp_path, 6000)
+    old = TrainBatches(path, 8, 4, world_size=1, seed=0)
+    seen = torch.cat([x for x, _ in take(old, 10)]).flatten().tolist()
+    state = old.state_dict()
+    for r in range(2):
+        new = TrainBatches(path, 8, 2, rank=r, world_size=2, seed=0)
+        new.load_state_dict(state)
+        assert new.step == 10
+        seen += torch.cat([x for x, _ in take(new, 5)]).flatten().tolist()
+    assert len(seen) == len(set(seen))
+    with pytest.raises(DataError, match="block_size=8, now 16"):
+        TrainBatches(path, 16, 2).load_state_dict(state)
+
+
+def test_uint32_tokens_and_too_small_split(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    (np.arange(500, dtype=np.uint32) + 70_000).tofile(big)
+    x, y = next(TrainBatches(big, 8, 2, dtype=np.uint32))
+    assert int(x.min()) >= 70_000 and torch.equal(y, x + 1)
+    with pytest.raises(DataError, match=r"100 tokens is too small for one batch: 2 process\(es\) "
+                                        r"x 4 blocks of 16 tokens need 144"):
+        TrainBatches(positions_file(tmp_path, 100), 16, 4, rank=1, world_size=2)
+    with pytest.raises(DataError, match="not a whole number of uint32"):
+        load_tokens(positions_file(tmp_path, 99), np.uint32)
+
+
+# -- EvalBlocks ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [33, 40, 41, 100])
+def test_eval_blocks_predict_every_token_after_the_first_once(tmp_path: Path, n: int) -> None:
+    blocks = EvalBlocks(positions_file(tmp_path, n), block_size=8)
+    assert len(blocks) == -(-(n - 1) // 8)
+    targets = []
+    for i in range(len(blocks)):
+        x, y = blocks[i]
+        assert x.shape == y.shape == (8,) and x.dtype == y.dtype == torch.int64
+        assert torch.equal(x[: (y != -100).sum()], torch.arange(i * 8, i * 8 + int((y != -100).sum())))
+        targets += y[y != -100].tolist()
+    assert targets == list(range(1, n))
+    x, y = next(iter(DataLoader(blocks, batch_size=len(blocks))))
+    assert x.shape == (len(blocks), 8) and int((y != -100).sum()) == n - 1
+    with pytest.raises(IndexError):
+        blocks[len(blocks)]
+
+
+def test_eval_blocks_too_small_split(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="8 tokens is too small for one evaluation block of 8"):
+        EvalBlocks(positions_file(tmp_path, 8), block_size=8)
+
+
+# -- scripts -------------------------------------------------------------------------------------
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prepare_script_defaults_and_run(text_file: Path, tmp_path: Path, capsys) -> None:
+    script = load_script("prepare_data")
+    assert script.config_from_args([]) == DataConfig()  # no arguments: python-docs into data/
+    out = tmp_path / "out"
+    assert script.main(["--source", str(text_file), "--vocab-size", "300", "--val-fraction",
+                        "0.2", "--out-dir", str(out)]) == 0
+    d = prepare(cfg_for(text_file, tmp_path, vocab_size=300, val_fraction=0.2, dir=str(out)))
+    assert str(d.dir) in capsys.readouterr().out
+
+
+def test_train_tokenizer_script(text_file: Path, tmp_path: Path) -> None:
+    script = load_script("train_tokenizer")
+    out = tmp_path / "tok.json"
+    assert script.main(["--source", str(text_file), "--vocab-size", "300", "--out", str(out)]) == 0
+    assert Tokenizer.load(out).vocab_size == 300
+
+
+@pytest.mark.parametrize("name", ["prepare_data", "train_tokenizer"])
+def test_scripts_print_one_error_line_and_exit_2(name: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xff")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), "--source", str(bad),
+                           "--vocab-size", "300", "--out-dir" if name == "prepare_data" else "--data-dir",
+                           str(tmp_path / "d")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {bad}: not valid UTF-8 at byte 3"]
+    assert "Traceback" not in proc.stderr
