@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from conftest import corpus_text
+from tinylm import corpus
 from tinylm import data as datamod
 from tinylm.data import (DataConfig, DataError, EvalBlocks, PreparedData, TrainBatches,
                          load_tokens, prepare, token_dtype)
@@ -57,14 +58,20 @@ def test_token_dtype_is_the_smallest_that_fits() -> None:
 
 # -- prepare: contents -----------------------------------------------------------------------
 
-def test_prepare_text_file_counts_every_byte(text_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [None, 500])  # one row, or many rows cut at line breaks
+def test_prepare_text_file_counts_every_byte(text_file: Path, tmp_path: Path, monkeypatch,
+                                             chunk: int | None) -> None:
+    if chunk:
+        monkeypatch.setattr(corpus, "CHUNK_BYTES", chunk)
     d = prepare(cfg_for(text_file, tmp_path), progress=False)
     raw, m, tok = text_file.read_bytes(), d.meta, d.tokenizer()
     # the keep-linebreaks regression: not one byte (line breaks!) may go missing
     assert m["train_bytes"] + m["val_bytes"] == len(raw)
     ids = stream(d)
     assert tok.decode_bytes(ids) == raw and ids[-1] == m["eot_id"] and m["eot_id"] == tok.eot_id
-    assert list(ids) == tok.encode(raw.decode()) + [tok.eot_id]  # one document, EOT-terminated
+    assert list(ids).count(tok.eot_id) == 1  # one document, EOT-terminated
+    if not chunk:
+        assert list(ids) == tok.encode(raw.decode()) + [tok.eot_id]
     assert m["train_tokens"] == int(len(ids) * 0.9) and m["val_tokens"] == len(ids) - m["train_tokens"]
     assert (m["vocab_size"], m["dtype"], d.dtype) == (400, "uint16", np.uint16)
     for path, key in ((d.train_path, "train"), (d.val_path, "val")):
@@ -239,12 +246,60 @@ def test_under_accelerate_only_the_main_process_prepares(text_file: Path, tmp_pa
     assert prepare(cfg, accelerator=FakeAccelerator(main=False)).meta == d.meta
 
 
-def test_error_in_main_process_still_reaches_the_barrier(tmp_path: Path) -> None:
+def test_error_in_main_process_still_reaches_the_barrier(text_file: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
     (tmp_path / "empty.txt").write_text("")
     main = FakeAccelerator(main=True)
     with pytest.raises(DataError, match="empty"):
         prepare(cfg_for(tmp_path / "empty.txt", tmp_path), accelerator=main)
     assert main.events == ["enter", "exit"]
+
+    def crash(*a, **k):
+        raise MemoryError("any exception, not only DataError")
+
+    monkeypatch.setattr(Tokenizer, "train", crash)
+    main = FakeAccelerator(main=True)
+    with pytest.raises(MemoryError):
+        prepare(cfg_for(text_file, tmp_path), accelerator=main)
+    assert main.events == ["enter", "exit"]
+
+
+WORKER = """
+import json, sys
+import torch.distributed as dist
+from accelerate import Accelerator
+from tinylm.data import DataConfig, prepare
+from tinylm.tokenizer import Tokenizer
+
+trained, real_train = [], Tokenizer.train
+Tokenizer.train = classmethod(lambda cls, *a, **k: trained.append(1) or real_train(*a, **k))
+acc = Accelerator(cpu=True)
+d = prepare(DataConfig(source=sys.argv[1], dir=sys.argv[2], vocab_size=300), accelerator=acc,
+            progress=False)
+print("RESULT " + json.dumps({"rank": acc.process_index, "world": acc.num_processes,
+                              "trained": len(trained), "dir": str(d.dir), "meta": d.meta}))
+acc.wait_for_everyone()
+acc.end_training()
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_real_processes_prepare_once_and_agree(text_file: Path, tmp_path: Path) -> None:
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(worker), str(text_file), str(tmp_path / "d")],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    results = sorted((json.loads(line[7:]) for line in proc.stdout.splitlines()
+                      if line.startswith("RESULT ")), key=lambda r: r["rank"])
+    assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)], out[-3000:]
+    assert [r["trained"] for r in results] == [1, 0]  # only the main process prepared
+    assert results[0]["meta"] == results[1]["meta"] and results[0]["dir"] == results[1]["dir"]
 
 
 # -- TrainBatches ------------------------------------------------------------------------------
@@ -384,13 +439,16 @@ def test_train_tokenizer_script(text_file: Path, tmp_path: Path) -> None:
     assert Tokenizer.load(out).vocab_size == 300
 
 
-@pytest.mark.parametrize("name", ["prepare_data", "train_tokenizer"])
-def test_scripts_print_one_error_line_and_exit_2(name: str, tmp_path: Path) -> None:
+def test_scripts_print_one_error_line_and_exit_2(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok \xff")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), "--source", str(bad),
-                           "--vocab-size", "300", "--out-dir" if name == "prepare_data" else "--data-dir",
-                           str(tmp_path / "d")], capture_output=True, text=True, cwd=tmp_path)
+    expected = [f"error: {bad}: not valid UTF-8 at byte 3"]
+    # a real process for one script (exit status, no traceback), in-process for the other
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--source",
+                           str(bad), "--out-dir", str(tmp_path / "d")],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"error: {bad}: not valid UTF-8 at byte 3"]
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == expected and "Traceback" not in proc.stderr
+    script = load_script("train_tokenizer")
+    assert script.main(["--source", str(bad), "--data-dir", str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == expected
