@@ -1,0 +1,136 @@
+"""Knowledge distillation: train a student on its teacher's next-token distributions.
+
+The loss (Hinton et al. 2015) mixes the teacher's soft targets with the data's hard ones::
+
+    loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, targets)
+
+where ``_T`` means softmax(logits / T). A temperature T > 1 flattens both distributions so the
+teacher's ranking of the *wrong* tokens, which is most of what it knows beyond the data, carries
+gradient; the T^2 keeps that term's gradient size independent of T. Positions whose target is
+-100 (padding) count in neither term. The CE term is exactly ``GPT.forward``'s loss, so alpha=0
+is ordinary training.
+
+Vocabulary: teacher and student must share a tokenizer (:func:`load_teacher` checks), but their
+logits may be padded to different sizes (the trainer rounds the vocab up to a multiple of 64).
+The KL term is taken over the common prefix ``min(V_student, V_teacher)``, which holds every
+real token; padded ids are never targets. The CE term uses the student's full logits.
+
+Public API::
+
+    DistillConfig                      # the ``distill:`` config section
+    distill_loss(student_logits, teacher_logits, targets, alpha, temperature) -> (loss, parts)
+    distill_forward(model, teacher, x, y, cfg) -> (loss, parts)
+    load_teacher(path, device, student_vocab_size, tokenizer_path) -> GPT
+    require_same_tokenizer(a, b)       # raises TokenizerMismatchError
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tinylm.checkpoint import TOKENIZER_FILE, find_checkpoints, load_model
+from tinylm.model import GPT
+from tinylm.tokenizer import Tokenizer
+
+
+class TokenizerMismatchError(ValueError):
+    """Two models that must share token ids were trained with different tokenizers."""
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""  # checkpoint dir (or run dir: its latest); "" = no teacher, plain training
+    alpha: float = 0.5  # weight of the teacher's soft targets vs the data: half each is the usual start
+    temperature: float = 2.0  # > 1 exposes the teacher's ranking of unlikely tokens; 1-4 is typical
+
+    def __post_init__(self) -> None:  # OmegaConf.to_object runs this: bad values fail at load
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"distill.alpha={self.alpha}: expected 0..1")
+        if not self.temperature > 0:
+            raise ValueError(f"distill.temperature={self.temperature}: must be positive")
+
+
+def distill_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE`` (see the module docstring),
+    averaged over positions whose target is not -100. Computed in float32 whatever the logits'
+    dtype. No gradient reaches the teacher's logits.
+
+    Returns ``(loss, parts)``; ``parts`` holds detached ``ce`` and ``kl`` (the KL at temperature T
+    before the T^2 factor), for logging.
+    """
+    if student_logits.shape[:-1] != teacher_logits.shape[:-1] or student_logits.shape[:-1] != targets.shape:
+        raise ValueError(f"distill_loss: student logits {tuple(student_logits.shape)}, teacher logits "
+                         f"{tuple(teacher_logits.shape)} and targets {tuple(targets.shape)} disagree")
+    if not 0.0 <= alpha <= 1.0 or not temperature > 0:
+        raise ValueError(f"distill_loss: alpha={alpha} must be in 0..1 and temperature={temperature} > 0")
+    V = student_logits.size(-1)
+    ce = F.cross_entropy(student_logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-100)
+
+    common = min(V, teacher_logits.size(-1))
+    valid = (targets != -100).reshape(-1)
+    s = student_logits[..., :common].float().reshape(-1, common)[valid] / temperature
+    t = teacher_logits[..., :common].detach().float().reshape(-1, common)[valid] / temperature
+    kl_rows = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True,
+                       reduction="none").sum(-1)
+    kl = kl_rows.sum() / valid.sum().clamp(min=1)
+
+    loss = alpha * temperature**2 * kl + (1.0 - alpha) * ce
+    return loss, {"ce": ce.detach(), "kl": kl.detach()}
+
+
+def distill_forward(
+    model: torch.nn.Module, teacher: GPT, x: torch.Tensor, y: torch.Tensor, cfg: DistillConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One training forward: the student's logits (with grad), the teacher's (without), and
+    :func:`distill_loss` of the two. ``model`` may be wrapped (DDP, compile)."""
+    student_logits = model(x)
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    return distill_loss(student_logits, teacher_logits, y, cfg.alpha, cfg.temperature)
+
+
+def require_same_tokenizer(a: str | Path, b: str | Path) -> None:
+    """Raise ``TokenizerMismatchError`` naming both files unless they are one tokenizer (same
+    vocab, merges and settings; formatting of the JSON does not matter)."""
+    ta, tb = Tokenizer.load(a), Tokenizer.load(b)  # DataError, naming the file, if unreadable
+    if ta.fingerprint() != tb.fingerprint():
+        raise TokenizerMismatchError(
+            f"tokenizer mismatch: {a} ({ta.vocab_size} tokens) and {b} ({tb.vocab_size} tokens) "
+            "are different tokenizers, so the same id means different tokens")
+
+
+def load_teacher(
+    path: str | Path,
+    device: str | torch.device,
+    student_vocab_size: int,
+    tokenizer_path: str | Path,
+) -> GPT:
+    """The teacher of checkpoint ``path`` (or a run dir's latest), frozen: eval mode (no
+    dropout) and ``requires_grad=False`` on every parameter, so it gets no gradient, no
+    optimizer state and no DDP wrapper. Do not pass it to ``accelerator.prepare``.
+
+    Its tokenizer.json must be the student's ``tokenizer_path``, and every tokenizer id must be
+    a row of both models' logits; else ``TokenizerMismatchError`` (a ``ValueError``).
+    """
+    ckpt = find_checkpoints(path)[-1]
+    require_same_tokenizer(ckpt / TOKENIZER_FILE, tokenizer_path)
+    teacher, _ = load_model(ckpt, device=device)
+    n_tokens = Tokenizer.load(tokenizer_path).vocab_size
+    smallest = min(teacher.config.vocab_size, student_vocab_size)
+    if n_tokens > smallest:
+        raise TokenizerMismatchError(
+            f"{tokenizer_path}: {n_tokens} tokens, but the teacher's vocab_size is "
+            f"{teacher.config.vocab_size} and the student's {student_vocab_size}")
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
