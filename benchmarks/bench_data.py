@@ -11,8 +11,8 @@ For each corpus (python-docs, then each file given):
     ceiling the map step can reach;
   * text files are also timed with other row sizes (``--chunk-sizes``): ``encode_batch`` runs
     rows in parallel, so rows that are too big or too few leave a core idle.
-Each figure is the best of ``--repeat`` runs (other work shares these cores). Results are in
-the README of this folder's parent issue report, and in ``data/README.md``.
+Each figure is the best of ``--repeat`` runs: other work shares these cores, so the load
+average is printed with the table. Measured figures and what limits them: ``data/README.md``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def main() -> int:
             for chunk in args.chunk_sizes:
                 corpus.CHUNK_BYTES = chunk
                 bench_corpus(f"{Path(f).name} rows={chunk // 1024}K", load_documents(f), args, table)
-    print(f"\ncpu cores: {os.cpu_count()}, TOKENIZERS_PARALLELISM="
+    print(f"\ncpu cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, TOKENIZERS_PARALLELISM="
           f"{os.environ.get('TOKENIZERS_PARALLELISM', 'unset')}, best of {args.repeat}\n")
     print(f"| {'corpus':<28} | {'MB':>5} | {'rows':>5} | {'stage':<12} | {'setting':<22} | {'s':>6} | {'MB/s':>6} |")
     print(f"|{'-' * 30}|{'-' * 7}|{'-' * 7}|{'-' * 14}|{'-' * 24}|{'-' * 8}|{'-' * 8}|")

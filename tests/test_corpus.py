@@ -102,7 +102,7 @@ def test_line_without_breaks_is_still_cut(tmp_path: Path, monkeypatch) -> None:
     assert len(rows) > 1 and "".join(r["text"] for r in rows) == "z" * 1000
 
 
-@pytest.mark.parametrize("chunk", [1 << 16, 5, 3])
+@pytest.mark.parametrize("chunk", [1 << 14, 5, 3])
 @pytest.mark.parametrize("prefix, bad, where", [
     ("a" * 1234, b"\xff", 1234),  # a lone invalid byte
     ("é" * 700, b"\xc3(", 1400),  # a lead byte without its continuation

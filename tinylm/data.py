@@ -144,8 +144,8 @@ def _reusable_meta(out: Path, fp: str) -> Optional[dict]:
 
 # -- tokenizing ------------------------------------------------------------------------------
 
-def _tokenize(rows: datasets.Dataset, tok: Tokenizer, batch_size: int, dtype: np.dtype,
-              desc: str) -> datasets.Dataset:
+def tokenize_rows(rows: datasets.Dataset, tok: Tokenizer, batch_size: int, dtype: np.dtype,
+                  desc: str = "tokenizing", cache_dir: Optional[str | Path] = None) -> datasets.Dataset:
     """rows -> rows of ``ids``, each document's last row followed by EOT (empty documents give
     nothing). A batched ``map`` whose arrow file is cached under HF_HOME (never inside the
     source), keyed by the rows' and the tokenizer's fingerprints."""
@@ -158,7 +158,7 @@ def _tokenize(rows: datasets.Dataset, tok: Tokenizer, batch_size: int, dtype: np
         return {"ids": [x + [eot] if end and t else x for x, t, end in zip(ids, texts, ends)]}
 
     fp = hashlib.sha256(f"{FORMAT}-{rows._fingerprint}-{tok.fingerprint()}-{dtype}".encode()).hexdigest()[:16]
-    cache = Path(datasets.config.HF_DATASETS_CACHE) / "tinylm" / f"tokens-{fp}.arrow"
+    cache = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "tinylm") / f"tokens-{fp}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)
     features = datasets.Features({"ids": datasets.List(datasets.Value(dtype.name))})
     return rows.map(encode, batched=True, batch_size=batch_size, remove_columns=rows.column_names,
@@ -236,11 +236,11 @@ def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False) -> Prepa
                         f"(0 characters of text in {len(rows)} rows)")
     tok.save(out / "tokenizer.json")
     dtype = token_dtype(tok.vocab_size)
-    tokenized = _tokenize(rows, tok, cfg.tokenize_batch, dtype, "tokenizing")
+    tokenized = tokenize_rows(rows, tok, cfg.tokenize_batch, dtype, "tokenizing")
     total = _count(tokenized)
     train_path, val_path = out / "train.bin", out / "val.bin"
     if cfg.val_source:
-        val_tok = _tokenize(load_documents(cfg.val_source, **load), tok, cfg.tokenize_batch,
+        val_tok = tokenize_rows(load_documents(cfg.val_source, **load), tok, cfg.tokenize_batch,
                             dtype, "tokenizing val")
         n_train, n_val = total, _count(val_tok)
         streams = [(tokenized, [(train_path, n_train)]), (val_tok, [(val_path, n_val)])]
