@@ -1,0 +1,224 @@
+"""Generation: the KV cache changes nothing but speed, batching changes nothing, sampling is
+reproducible, the filters and stops do what they say, streaming adds up to the result.
+
+Most tests use a random model with peaked logits (init std 0.3): its greedy choices are far
+from ties, so two computations of the same logits that differ in rounding still pick the same
+token, and its output is varied rather than one repeated token. Its context is 16 tokens, so
+64 new tokens cross several window re-starts. Its vocab (384) is larger than the tokenizer's
+(320), as the trainer's padding makes it: ids past the tokenizer must never come out.
+"""
+
+from __future__ import annotations
+
+import io
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import REPO, env, tiny_overrides, write_corpus
+from tinylm.evaluate import load_for_inference
+from tinylm.generate import _Row, _take, generate, sample_next
+from tinylm.model import GPT, GPTConfig
+from tinylm.tokenizer import EOT, Tokenizer
+
+SCRIPT = REPO / "scripts" / "generate.py"
+PROMPTS = ["The quick brown fox", "A", "", "Once upon a time"]  # 0 to 16 tokens
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """The last checkpoint of a 10-step tiny run made by scripts/train.py."""
+    tmp = tmp_path_factory.mktemp("gen-run")
+    corpus = write_corpus(tmp / "corpus.txt", 60_000)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "configs/tiny.yaml",
+                           *tiny_overrides(tmp, corpus, **{"optim.max_steps": 10})],
+                          capture_output=True, text=True, env=env(tmp), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run" / "checkpoints" / "step-10"
+
+
+@pytest.fixture(scope="module")
+def tok(ckpt: Path) -> Tokenizer:
+    return Tokenizer.load(ckpt / "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=384, block_size=16, n_layer=2, n_head=2, n_embd=32, init_std=0.3)
+    return GPT(cfg).eval()
+
+
+def test_cached_equals_uncached_greedy_single_prompt(model, tok, ckpt):
+    for m in (model, load_for_inference(ckpt)[0]):  # a random model and a trained one
+        cached = generate(m, tok, [PROMPTS[0]], 64, temperature=0)
+        assert cached == generate(m, tok, [PROMPTS[0]], 64, temperature=0, use_cache=False)
+        assert len(tok.encode(cached[0])) > 40  # a real continuation, past several windows
+
+
+def test_cached_equals_uncached_greedy_batch_of_different_lengths(model, tok):
+    cached = generate(model, tok, PROMPTS, 64, temperature=0)
+    assert cached == generate(model, tok, PROMPTS, 64, temperature=0, use_cache=False)
+    # and each row is what its prompt gives alone: padding and batching change nothing
+    assert cached == [generate(model, tok, [p], 64, temperature=0)[0] for p in PROMPTS]
+    assert len(set(cached)) == len(PROMPTS)
+
+
+def test_cached_equals_uncached_when_sampling(model, tok):
+    kw = dict(temperature=1.0, seed=7, top_k=50)
+    assert generate(model, tok, PROMPTS, 64, **kw) == generate(model, tok, PROMPTS, 64, use_cache=False, **kw)
+
+
+def test_same_seed_same_text_other_seed_other_text(model, tok):
+    a = generate(model, tok, PROMPTS, 40, temperature=1.0, seed=1)
+    assert a == generate(model, tok, PROMPTS, 40, temperature=1.0, seed=1)
+    assert all(x != y for x, y in zip(a, generate(model, tok, PROMPTS, 40, temperature=1.0, seed=2)))
+    torch.manual_seed(5)  # seed=None draws from torch's global generator
+    b = generate(model, tok, PROMPTS, 40)
+    torch.manual_seed(5)
+    assert b == generate(model, tok, PROMPTS, 40)
+
+
+def test_top_k_1_is_greedy(model, tok):
+    greedy = generate(model, tok, PROMPTS, 40, temperature=0)
+    assert generate(model, tok, PROMPTS, 40, temperature=1.5, top_k=1, seed=3) == greedy
+
+
+def test_top_p_edges(model, tok):
+    greedy = generate(model, tok, PROMPTS, 40, temperature=0)
+    for p in (0.0, 1e-9):
+        assert generate(model, tok, PROMPTS, 40, temperature=1.0, top_p=p, seed=3) == greedy
+    plain = generate(model, tok, PROMPTS, 40, temperature=1.0, seed=3)
+    assert generate(model, tok, PROMPTS, 40, temperature=1.0, top_p=1.0, seed=3) == plain
+    assert plain != greedy
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(2000, 3)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, top_p=0.6, generator=g).tolist()) == {0, 1}
+    assert set(sample_next(logits, top_p=0.5, generator=g).tolist()) == {0}  # 0.5 reached
+    assert set(sample_next(logits, top_p=0.85, generator=g).tolist()) == {0, 1, 2}
+    assert set(sample_next(logits, top_k=2, generator=g).tolist()) == {0, 1}
+
+
+def test_padded_vocab_ids_are_never_sampled(model, tok):
+    """Make the padded rows of the tied matrix huge, so their logits would win nearly always:
+    the output must still be that of the same model without those rows."""
+    rigged = GPT(model.config).eval()
+    rigged.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        rigged.lm_head.weight[tok.vocab_size:] *= 100
+    trimmed = GPT(GPTConfig(**{**model.config.to_dict(), "vocab_size": tok.vocab_size})).eval()
+    trimmed.load_state_dict({k: v[:tok.vocab_size] if v.size(0) == 384 else v
+                             for k, v in model.state_dict().items()})
+    logits = rigged(torch.tensor([tok.encode("The quick brown fox")]))[0, -1]
+    assert logits.argmax().item() >= tok.vocab_size  # unmasked, a padded id would win
+    greedy = generate(rigged, tok, PROMPTS, 30, temperature=0)
+    assert greedy == generate(trimmed, tok, PROMPTS, 30, temperature=0)
+    # sampling draws from a vocab-sized distribution: compare with the un-rigged model
+    sampled = generate(rigged, tok, PROMPTS, 30, temperature=1.0, seed=0)
+    assert sampled == generate(model, tok, PROMPTS, 30, temperature=1.0, seed=0)
+
+
+def test_stop_string_cuts_before_its_first_occurrence(model, tok):
+    full = generate(model, tok, PROMPTS, 64, temperature=0)
+    row = full[0]
+    stop = row[20:23]
+    cut = generate(model, tok, PROMPTS, 64, temperature=0, stop=[stop])
+    assert cut[0] == row[:row.find(stop)]
+    for got, whole in zip(cut, full):
+        assert whole.startswith(got) and stop not in got
+    earliest = generate(model, tok, PROMPTS[:1], 64, temperature=0, stop=[row[30:33], row[5:8]])
+    assert earliest == [row[:min(row.find(row[30:33]), row.find(row[5:8]))]]
+
+
+def test_end_of_text_ends_a_row(model, tok):
+    """Find a seed whose samples contain end-of-text; with the stop the row ends just before."""
+    for seed in range(50):
+        through = generate(model, tok, PROMPTS, 40, temperature=2.0, seed=seed, stop_at_eot=False)
+        if any(EOT in t for t in through):
+            break
+    else:
+        pytest.fail("no end-of-text in 50 seeds")
+    stopped = generate(model, tok, PROMPTS, 40, temperature=2.0, seed=seed)
+    for s, t in zip(stopped, through):
+        assert s == (t[:t.index(EOT)] if EOT in t else t)
+
+
+def test_too_long_prompt_is_cropped_from_the_left_with_a_notice(model, tok):
+    tail = "\n\n" + "the quick brown fox jumps " * 10
+    a, b = "alpha beta " * 5 + tail, "gamma " * 7 + tail
+    assert tok.encode(a)[-16:] == tok.encode(b)[-16:] and len(tok.encode(a)) > 16
+    with pytest.warns(UserWarning, match=r"prompt 0 has \d+ tokens, more than the model's context "
+                                         r"of 16: cropped to its last 16 tokens"):
+        out_a = generate(model, tok, [a], 20, temperature=0)
+    with pytest.warns(UserWarning):
+        out_b = generate(model, tok, [b], 20, temperature=0)
+    assert out_a == out_b  # only the last 16 tokens were seen
+
+
+def test_streamed_pieces_add_up_to_the_result(model, tok):
+    for stop in (None, ["e"], ["the", "\n"]):
+        pieces: dict[int, list[str]] = {}
+        out = generate(model, tok, PROMPTS, 48, temperature=1.0, seed=4, stop=stop,
+                       stream=lambda i, t: pieces.setdefault(i, []).append(t))
+        assert ["".join(pieces.get(i, [])) for i in range(len(PROMPTS))] == out
+        assert all(p for ps in pieces.values() for p in ps)  # no empty calls
+
+
+def test_streaming_holds_back_half_characters_and_stop_prefixes(tok):
+    """Feed a row the tokens of a multi-byte text one by one, as sampling would."""
+    text = "naïve café 日本語 λόγος 🙂 end"
+    ids = tok.encode(text)
+    assert len(ids) > len(text)  # several characters span tokens
+    pieces: list[str] = []
+    row = _Row()
+    for t in ids:
+        _take(0, row, t, tok, [], lambda i, s: pieces.append(s), True)
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    pieces.clear()
+    row = _Row()
+    for t in ids:
+        _take(0, row, t, tok, ["λόγ"], lambda i, s: pieces.append(s), True)
+    assert "".join(pieces) == row.final == "naïve café 日本語 "
+
+
+def test_bad_arguments_are_one_line_errors(model, tok):
+    for kw, msg in [({"temperature": -1}, "temperature=-1"), ({"top_k": 0}, "top_k=0"),
+                    ({"top_p": 1.5}, "top_p=1.5"), ({"stop": [""]}, "stop strings")]:
+        with pytest.raises(ValueError, match=msg):
+            generate(model, tok, ["x"], 5, **kw)
+    big = GPT(GPTConfig(vocab_size=256, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(ValueError, match="tokenizer has 320 tokens but the model's vocab_size is 256"):
+        generate(big, tok, ["x"], 5)
+
+
+def test_script_end_to_end(ckpt, tok, tmp_path):
+    args = ["--prompt", "The", "--prompt", "In the beginning", "--max-new-tokens", "30",
+            "--seed", "11", "--temperature", "1.0", "--top-k", "40", "--stop", "\n\n"]
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(ckpt.parent.parent), *args],
+                          capture_output=True, text=True, env=env(tmp_path), cwd=REPO)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    model, _, _ = load_for_inference(ckpt)
+    texts = generate(model, tok, ["The", "In the beginning"], 30, temperature=1.0, top_k=40,
+                     seed=11, stop=["\n\n"])
+    assert proc.stdout == "The" + texts[0] + "\n" + "-" * 40 + "\nIn the beginning" + texts[1] + "\n"
+
+
+def test_script_reads_stdin_and_reports_errors_in_one_line(ckpt, monkeypatch, capsys):
+    main = runpy.run_path(str(SCRIPT), run_name="generate_script")["main"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello"))
+    assert main([str(ckpt), "--max-new-tokens", "5", "--temperature", "0", "--no-cache"]) == 0
+    model, tok, _ = load_for_inference(ckpt)
+    assert capsys.readouterr().out == "Hello" + generate(model, tok, ["Hello"], 5, temperature=0)[0] + "\n"
+    for argv, msg in [([str(ckpt), "--prompt", "x", "--top-p", "2"], "top_p=2.0"),
+                      ([str(ckpt.parent / "nope"), "--prompt", "x"], "not a checkpoint")]:
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith("error: ") and msg in captured.err
+        assert captured.err.count("\n") == 1
