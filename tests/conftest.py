@@ -13,6 +13,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -48,7 +49,31 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "hf"
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
     return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_hf_cache() -> Iterator[Path]:
+    """Every test, and every subprocess a test starts, uses the session's temporary HF_HOME
+    and datasets cache, even if something imported ``datasets`` before this conftest (its
+    cache path is read at import): a test run never reads or fills ~/.cache/huggingface."""
+    import datasets
+
+    cache = Path(_HF_HOME) / "datasets"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", _HF_HOME)
+        mp.setenv("HF_DATASETS_CACHE", str(cache))
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+        yield Path(_HF_HOME)
+
+
+@pytest.fixture(autouse=True)
+def _wandb_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WANDB_MODE=disabled for every test (and its subprocesses): online mode would block or
+    fail without network. A test that wants offline runs sets WANDB_MODE itself (after this
+    fixture, so its value wins) or passes it in a subprocess's env."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 @pytest.fixture

@@ -214,3 +214,16 @@ def test_module_docstring_documents_the_resolution_order() -> None:
     doc = textwrap.dedent(corpus.__doc__)
     for phrase in ("python-docs", "save_to_disk", "glob", "Hub", "CRLF", "BOM", "EVERY non-hidden"):
         assert phrase in doc
+
+
+def test_tests_run_offline_in_a_temporary_hf_cache_with_wandb_disabled() -> None:
+    """conftest's autouse fixtures: no test reads or fills ~/.cache or reaches wandb."""
+    import tempfile
+
+    tmp = os.path.realpath(tempfile.gettempdir())
+    for path in (os.environ["HF_HOME"], os.environ["HF_DATASETS_CACHE"],
+                 str(datasets.config.HF_DATASETS_CACHE)):
+        assert os.path.realpath(path).startswith(tmp + os.sep), path
+    assert Path(datasets.config.HF_DATASETS_CACHE) == Path(os.environ["HF_DATASETS_CACHE"])
+    assert os.environ["WANDB_MODE"] == "disabled"
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"
