@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="tail of the token stream kept for validation (without --val-source)")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size)
-    p.add_argument("--out-dir", default=d.dir, help="root of prepared outputs")
+    p.add_argument("--dir", "--out-dir", dest="out_dir", default=d.dir,
+                   help="root of prepared outputs (data.dir)")
     p.add_argument("--hf-split", default=d.hf_split)
     p.add_argument("--hf-config", default=d.hf_config)
     p.add_argument("--hf-text-column", default=d.hf_text_column)
@@ -48,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = data.meta
+    per_token = (m["train_bytes"] + m["val_bytes"]) / max(m["train_tokens"] + m["val_tokens"], 1)
     print(f"{data.dir}: vocab {m['vocab_size']} ({m['dtype']}), "
           f"train {m['train_tokens']:,} tokens / {m['train_bytes']:,} bytes, "
-          f"val {m['val_tokens']:,} tokens / {m['val_bytes']:,} bytes, "
-          f"{(m['train_bytes'] + m['val_bytes']) / max(m['train_tokens'] + m['val_tokens'], 1):.2f} bytes/token")
+          f"val {m['val_tokens']:,} tokens / {m['val_bytes']:,} bytes, {per_token:.2f} bytes/token")
     return 0
 
 

@@ -43,7 +43,8 @@ def test_data_config_is_a_plain_structured_config() -> None:
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig),
                                               OmegaConf.from_dotlist(["vocab_size=1024"])))
     assert cfg == DataConfig(vocab_size=1024)
-    assert (cfg.source, cfg.val_fraction, cfg.dir, cfg.val_source) == ("python-docs", 0.1, "data", None)
+    assert (cfg.source, cfg.val_fraction, cfg.dir) == ("python-docs", 0.1, "data")
+    assert cfg.val_source is None
     with pytest.raises(DataError, match="val_fraction=1.5"):
         DataConfig(val_fraction=1.5)
     with pytest.raises(ValueError, match="vocab_size=100"):  # what OmegaConf.to_object surfaces
@@ -72,7 +73,8 @@ def test_prepare_text_file_counts_every_byte(text_file: Path, tmp_path: Path, mo
     assert list(ids).count(tok.eot_id) == 1  # one document, EOT-terminated
     if not chunk:
         assert list(ids) == tok.encode(raw.decode()) + [tok.eot_id]
-    assert m["train_tokens"] == int(len(ids) * 0.9) and m["val_tokens"] == len(ids) - m["train_tokens"]
+    assert m["train_tokens"] == int(len(ids) * 0.9)  # the val split is the stream's tail
+    assert m["val_tokens"] == len(ids) - m["train_tokens"]
     assert (m["vocab_size"], m["dtype"], d.dtype) == (400, "uint16", np.uint16)
     for path, key in ((d.train_path, "train"), (d.val_path, "val")):
         assert path.stat().st_size == m[f"{key}_tokens"] * 2
@@ -115,7 +117,8 @@ def test_documents_are_joined_by_eot_and_literal_eot_text_is_text(corpus_dir: Pa
     assert d.meta["train_documents"] + d.meta["val_documents"] == 3
 
 
-def test_val_source_is_the_whole_val_split(corpus_dir: Path, text_file: Path, tmp_path: Path) -> None:
+def test_val_source_is_the_whole_val_split(corpus_dir: Path, text_file: Path,
+                                           tmp_path: Path) -> None:
     d = prepare(cfg_for(corpus_dir, tmp_path, val_source=str(text_file)), progress=False)
     tok = d.tokenizer()
     assert tok.decode_bytes(load_tokens(d.val_path, d.dtype)) == text_file.read_bytes()
@@ -149,6 +152,14 @@ def test_empty_corpus_and_too_small_split_are_clear_errors(tmp_path: Path) -> No
     (tmp_path / "tiny.txt").write_text("hi")
     with pytest.raises(DataError, match=r"too small to split: 3 tokens give 2 train and 1 val"):
         prepare(cfg_for(tmp_path / "tiny.txt", tmp_path), progress=False)
+
+
+def test_val_fraction_zero_gives_an_empty_val_split(text_file: Path, tmp_path: Path) -> None:
+    d = prepare(cfg_for(text_file, tmp_path, val_fraction=0.0), progress=False)
+    assert d.meta["val_tokens"] == d.meta["val_bytes"] == 0 and d.val_path.stat().st_size == 0
+    assert d.meta["train_bytes"] == text_file.stat().st_size
+    with pytest.raises(DataError, match="0 tokens is too small for one evaluation block"):
+        EvalBlocks(d.val_path, 8, dtype=d.dtype)
 
 
 def test_non_utf8_source_is_a_data_error(tmp_path: Path) -> None:
@@ -193,7 +204,8 @@ def test_tokenized_rows_are_cached_under_hf_home(text_file: Path, tmp_path: Path
 
     calls = []
     real_map = datasets.Dataset.map
-    monkeypatch.setattr(datasets.Dataset, "map", lambda self, *a, **k: calls.append(k) or real_map(self, *a, **k))
+    monkeypatch.setattr(datasets.Dataset, "map",
+                        lambda self, *a, **k: calls.append(k) or real_map(self, *a, **k))
     (d.dir / "meta.json").unlink()
     prepare(cfg_for(text_file, tmp_path), progress=False)
     assert calls and all(k["batched"] for k in calls)
@@ -291,7 +303,8 @@ def test_two_real_processes_prepare_once_and_agree(text_file: Path, tmp_path: Pa
     worker.write_text(WORKER)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", str(worker), str(text_file), str(tmp_path / "d")],
+                           "--nproc_per_node", "2", str(worker), str(text_file),
+                           str(tmp_path / "d")],
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -332,7 +345,7 @@ def test_one_epoch_covers_every_token_once_with_disjoint_ranks(tmp_path: Path) -
     assert steps == (n - 1 - ranks[0]._order()[0]) // T // (B * W)
     targets = torch.cat([torch.cat([y for _, y in take(b, steps)]).flatten() for b in ranks])
     assert len(set(targets.tolist())) == len(targets)  # no target twice, no block on two ranks
-    assert len(targets) > n - (B * W + 1) * T  # and all but the edges are covered
+    assert len(targets) > n - (B * W + 2) * T  # and all but the edges are covered
     assert all(b.epoch == 0 for b in ranks)
     next(ranks[0])
     assert ranks[0].epoch == 1 and ranks[0].step == 1
@@ -399,7 +412,8 @@ def test_eval_blocks_predict_every_token_after_the_first_once(tmp_path: Path, n:
     for i in range(len(blocks)):
         x, y = blocks[i]
         assert x.shape == y.shape == (8,) and x.dtype == y.dtype == torch.int64
-        assert torch.equal(x[: (y != -100).sum()], torch.arange(i * 8, i * 8 + int((y != -100).sum())))
+        k = int((y != -100).sum())
+        assert torch.equal(x[:k], torch.arange(i * 8, i * 8 + k))
         targets += y[y != -100].tolist()
     assert targets == list(range(1, n))
     x, y = next(iter(DataLoader(blocks, batch_size=len(blocks))))
@@ -422,21 +436,37 @@ def load_script(name: str):
     return module
 
 
-def test_prepare_script_defaults_and_run(text_file: Path, tmp_path: Path, capsys) -> None:
+def run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The script as users run it: a fresh interpreter, exit status and output as they see them."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_prepare_script_defaults_and_run(text_file: Path, tmp_path: Path) -> None:
     script = load_script("prepare_data")
     assert script.config_from_args([]) == DataConfig()  # no arguments: python-docs into data/
+    assert script.config_from_args(["--out-dir", "x"]).dir == "x"  # old spelling of --dir
     out = tmp_path / "out"
-    assert script.main(["--source", str(text_file), "--vocab-size", "300", "--val-fraction",
-                        "0.2", "--out-dir", str(out)]) == 0
-    d = prepare(cfg_for(text_file, tmp_path, vocab_size=300, val_fraction=0.2, dir=str(out)))
-    assert str(d.dir) in capsys.readouterr().out
+    proc = run_script("prepare_data", "--source", str(text_file), "--vocab-size", "300",
+                      "--val-fraction", "0.2", "--dir", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d = prepare(cfg_for(text_file, tmp_path, vocab_size=300, val_fraction=0.2, dir=str(out)),
+                progress=False)  # reuses what the script prepared
+    m = d.meta
+    assert str(d.dir) in proc.stdout and f"{m['train_tokens']:,} tokens" in proc.stdout
+    assert f"{m['val_tokens']:,} tokens" in proc.stdout and "bytes/token" in proc.stdout
 
 
 def test_train_tokenizer_script(text_file: Path, tmp_path: Path) -> None:
-    script = load_script("train_tokenizer")
+    defaults = load_script("train_tokenizer").DEFAULTS  # spelled out there to avoid torch
+    assert defaults == {k: getattr(DataConfig(), k) for k in defaults}
     out = tmp_path / "tok.json"
-    assert script.main(["--source", str(text_file), "--vocab-size", "300", "--out", str(out)]) == 0
-    assert Tokenizer.load(out).vocab_size == 300
+    proc = run_script("train_tokenizer", "--source", str(text_file), "--vocab-size", "300",
+                      "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tok = Tokenizer.load(out)
+    assert tok.vocab_size == 300 and str(out) in proc.stdout
+    assert tok.decode(tok.encode(text_file.read_text())) == text_file.read_text()
 
 
 def test_scripts_print_one_error_line_and_exit_2(tmp_path: Path, capsys) -> None:
@@ -444,11 +474,11 @@ def test_scripts_print_one_error_line_and_exit_2(tmp_path: Path, capsys) -> None
     bad.write_bytes(b"ok \xff")
     expected = [f"error: {bad}: not valid UTF-8 at byte 3"]
     # a real process for one script (exit status, no traceback), in-process for the other
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--source",
-                           str(bad), "--out-dir", str(tmp_path / "d")],
-                          capture_output=True, text=True, cwd=tmp_path)
+    # (train_tokenizer in the subprocess: it does not import torch, so it starts in ~2 s)
+    proc = run_script("train_tokenizer", "--source", str(bad), "--data-dir", str(tmp_path / "d"),
+                      cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == expected and "Traceback" not in proc.stderr
-    script = load_script("train_tokenizer")
-    assert script.main(["--source", str(bad), "--data-dir", str(tmp_path / "d")]) == 2
+    script = load_script("prepare_data")
+    assert script.main(["--source", str(bad), "--dir", str(tmp_path / "d")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == expected
