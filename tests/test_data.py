@@ -186,6 +186,20 @@ def test_same_config_reuses_changed_config_or_source_reprepares(text_file: Path,
         text_file.stat().st_size
 
 
+def test_prepare_is_deterministic_and_reuse_rewrites_nothing(text_file: Path,
+                                                             tmp_path: Path) -> None:
+    files = ("tokenizer.json", "train.bin", "val.bin", "meta.json")
+    a = prepare(cfg_for(text_file, tmp_path / "a"), progress=False)
+    b = prepare(cfg_for(text_file, tmp_path / "b"), progress=False)
+    assert a.dir.name == b.dir.name  # the name does not depend on where data.dir is
+    for name in files[:3]:  # same corpus and config, other dir: the same bytes, same split
+        assert (a.dir / name).read_bytes() == (b.dir / name).read_bytes(), name
+    stamps = {name: (a.dir / name).stat().st_mtime_ns for name in files}
+    again = prepare(cfg_for(text_file, tmp_path / "a"), progress=False)
+    assert again.meta == a.meta
+    assert {name: (a.dir / name).stat().st_mtime_ns for name in files} == stamps  # untouched
+
+
 def test_incomplete_dir_is_prepared_again(text_file: Path, tmp_path: Path) -> None:
     cfg = cfg_for(text_file, tmp_path)
     d = prepare(cfg, progress=False)
