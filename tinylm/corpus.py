@@ -54,7 +54,8 @@ from tqdm.auto import tqdm
 CHUNK_BYTES = 1 << 14  # bytes read per step, and the row size of text files (see above)
 TABLE_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 PATH_LIKE_SUFFIXES = {".txt", ".md", ".rst", ".text", ".csv", ".arrow", *TABLE_SUFFIXES}
-ROW_FEATURES = datasets.Features({"text": datasets.Value("string"), "doc_end": datasets.Value("bool")})
+ROW_FEATURES = datasets.Features({"text": datasets.Value("string"),
+                                 "doc_end": datasets.Value("bool")})
 _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "turtledemo",
               "__pycache__"}
 
@@ -88,7 +89,8 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
 
 # -- python-docs ---------------------------------------------------------------------------
 
-def python_docs_documents(stdlib: str | Path | None = None, progress: bool = False) -> Iterator[str]:
+def python_docs_documents(stdlib: str | Path | None = None,
+                          progress: bool = False) -> Iterator[str]:
     """The built-in corpus in a fixed order: language-reference topics (sorted by key), then
     docstrings over 80 characters (module, class, function; ``ast.walk`` order) of the stdlib's
     .py files (sorted walk; tests, idlelib, site-packages and the like skipped)."""
@@ -101,7 +103,8 @@ def python_docs_documents(stdlib: str | Path | None = None, progress: bool = Fal
     files = []
     for root, dirs, names in os.walk(root_dir):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
-        files += [Path(root, n) for n in sorted(names) if n.endswith(".py") and not n.startswith("test_")]
+        files += [Path(root, n) for n in sorted(names)
+                  if n.endswith(".py") and not n.startswith("test_")]
     for path in tqdm(files, desc="python-docs", unit="file", disable=not progress):
         try:
             with warnings.catch_warnings():  # old escapes in stdlib sources warn when parsed
@@ -263,7 +266,8 @@ def load_documents(source: str, *, hf_split: str = "train", hf_text_column: str 
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             if hf_split not in ds:
-                raise DataError(f"{path}: no split '{hf_split}' (splits: {list(ds)}); set data.hf_split")
+                raise DataError(f"{path}: no split '{hf_split}' (splits: {list(ds)}); "
+                                "set data.hf_split")
             ds = ds[hf_split]
         return _text_column(ds, hf_text_column, str(path))
     files = _files_of(source)

@@ -44,7 +44,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tinylm.corpus import DataError, atomic_write, describe, document_texts, load_documents, normalize
+from tinylm.corpus import (DataError, atomic_write, describe, document_texts, load_documents,
+                           normalize)
 from tinylm.tokenizer import Tokenizer
 
 __all__ = ["DataConfig", "DataError", "EvalBlocks", "PreparedData", "TrainBatches", "prepare"]
@@ -145,7 +146,8 @@ def _reusable_meta(out: Path, fp: str) -> Optional[dict]:
 # -- tokenizing ------------------------------------------------------------------------------
 
 def tokenize_rows(rows: datasets.Dataset, tok: Tokenizer, batch_size: int, dtype: np.dtype,
-                  desc: str = "tokenizing", cache_dir: Optional[str | Path] = None) -> datasets.Dataset:
+                  desc: str = "tokenizing",
+                  cache_dir: Optional[str | Path] = None) -> datasets.Dataset:
     """rows -> rows of ``ids``, each document's last row followed by EOT (empty documents give
     nothing). A batched ``map`` whose arrow file is cached under HF_HOME (never inside the
     source), keyed by the rows' and the tokenizer's fingerprints."""
@@ -157,8 +159,10 @@ def tokenize_rows(rows: datasets.Dataset, tok: Tokenizer, batch_size: int, dtype
         ids = tok.encode_batch(texts)
         return {"ids": [x + [eot] if end and t else x for x, t, end in zip(ids, texts, ends)]}
 
-    fp = hashlib.sha256(f"{FORMAT}-{rows._fingerprint}-{tok.fingerprint()}-{dtype}".encode()).hexdigest()[:16]
-    cache = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "tinylm") / f"tokens-{fp}.arrow"
+    key = f"{FORMAT}-{rows._fingerprint}-{tok.fingerprint()}-{dtype}"
+    fp = hashlib.sha256(key.encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "tinylm"
+    cache = root / f"tokens-{fp}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)
     features = datasets.Features({"ids": datasets.List(datasets.Value(dtype.name))})
     return rows.map(encode, batched=True, batch_size=batch_size, remove_columns=rows.column_names,
@@ -312,8 +316,9 @@ class TrainBatches:
     token is this block's last target). The blocks are permuted by a generator seeded with
     (seed, epoch), identically on every process; step s uses permuted blocks
     [s*B*W, (s+1)*B*W) and process r takes the r-th slice of B. Why:
-      * every token is a target at most once per epoch (all but the < (B*W+1)*T tokens at the
-        edges exactly once), unlike random windows, which repeat some tokens and miss others;
+      * every token is a target at most once per epoch, and all but < (B*W+2)*T of them (the
+        offset, the tail, the blocks left over after the last whole step) exactly once; random
+        windows would repeat some tokens and miss others;
       * processes never see the same block in an epoch, with no communication;
       * the position is just (epoch, step): resuming replays nothing and skips nothing, and
         every process gets the same number of steps per epoch (DDP never waits on a straggler);

@@ -28,7 +28,7 @@ MIN_VOCAB = 257  # 256 byte tokens + end-of-text
 def _byte_decoder() -> dict[str, int]:
     """The byte-level alphabet's inverse: each of the 256 bytes is spelled as one character
     (GPT-2's table, which ``pre_tokenizers.ByteLevel`` uses)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
     chars, n = {}, 0
     for b in range(256):
         if b in printable:
