@@ -302,8 +302,10 @@ Tokenizer.train = classmethod(lambda cls, *a, **k: trained.append(1) or real_tra
 acc = Accelerator(cpu=True)
 d = prepare(DataConfig(source=sys.argv[1], dir=sys.argv[2], vocab_size=300), accelerator=acc,
             progress=False)
-print("RESULT " + json.dumps({"rank": acc.process_index, "world": acc.num_processes,
-                              "trained": len(trained), "dir": str(d.dir), "meta": d.meta}))
+result = {"rank": acc.process_index, "world": acc.num_processes, "trained": len(trained),
+          "dir": str(d.dir), "meta": d.meta}
+with open(f"{sys.argv[2]}/rank{acc.process_index}.json", "w") as f:  # not stdout: ranks interleave
+    json.dump(result, f)
 acc.wait_for_everyone()
 acc.end_training()
 if dist.is_initialized():
@@ -322,8 +324,7 @@ def test_two_real_processes_prepare_once_and_agree(text_file: Path, tmp_path: Pa
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    results = sorted((json.loads(line[7:]) for line in proc.stdout.splitlines()
-                      if line.startswith("RESULT ")), key=lambda r: r["rank"])
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "d").glob("rank*.json"))]
     assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)], out[-3000:]
     assert [r["trained"] for r in results] == [1, 0]  # only the main process prepared
     assert results[0]["meta"] == results[1]["meta"] and results[0]["dir"] == results[1]["dir"]
