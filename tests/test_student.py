@@ -23,6 +23,16 @@ from tinylm.weights import get_weights
 TEACHER_CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=4, n_head=2, n_embd=32)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: with 2 intra-op threads on a shared 2-core machine, thread
+    hand-offs cost 50x the math. One thread for this module, restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def teacher() -> GPT:
     """A teacher whose every tensor (norm scales too) is distinct random data, so a copy from
@@ -187,7 +197,8 @@ def trained(tmp_path_factory):
            f"run_dir={tmp / 'run'}", f"data.dir={tmp / 'data'}", f"data.source={corpus}",
            "optim.max_steps=6", "log.wandb=disabled", "data.vocab_size=320", "log.plot=false",
            "model.n_layer=3", "eval.interval=0", "checkpoint.interval=0"]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env(tmp), cwd=REPO, timeout=300)
+    e = {**env(tmp), "OMP_NUM_THREADS": "1"}  # a tiny model: threads only contend
+    p = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=REPO, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     return tmp / "run"
 
