@@ -54,16 +54,26 @@ def format_table(results: list[dict]) -> str:
     return "\n".join([line.format(*head), *(line.format(*r) for r in rows)])
 
 
+def make_accelerator():
+    """An Accelerator when launched as several processes (accelerate launch, torchrun), else
+    None: a plain run needs no process group, and skips accelerate's start-up."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    # cpu=True without CUDA: with a MULTI_GPU launch config that gives real gloo ranks
+    # (see configs/accelerate/cpu-2proc.yaml) instead of N independent processes.
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from accelerate import Accelerator  # after argument checks: --help stays fast
     import datasets
 
     datasets.disable_progress_bars()
-    # cpu=True without CUDA: with a MULTI_GPU launch config that gives real gloo ranks
-    # (see configs/accelerate/cpu-2proc.yaml); a plain run is one process either way.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    main_process, n_processes = accelerator.is_main_process, accelerator.num_processes
+    accelerator = make_accelerator()
+    main_process = accelerator is None or accelerator.is_main_process
+    n_processes = 1 if accelerator is None else accelerator.num_processes
     try:
         ckpts = [c for arg in args.checkpoints for c in find_checkpoints(arg)]
         results = [evaluate_checkpoint(c, args.data, block_size=args.block_size,
@@ -74,7 +84,8 @@ def main(argv: list[str]) -> int:
             print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     finally:
-        accelerator.end_training()  # releases the process group: no abort at exit
+        if accelerator is not None:
+            accelerator.end_training()  # releases the process group: no abort at exit
     if main_process:
         data = args.data or "the recorded val splits"
         print(f"evaluated {len(results)} checkpoint(s) on {data}, {n_processes} process(es)")

@@ -32,18 +32,41 @@ VAL_TEXT = ("Validation prose with a few multi-byte characters: naïve café, St
             "λόγος, 🙂.\n\nIt repeats so the split spans several blocks of the tiny model.\n") * 40
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and on shared busy cores a second one mostly
+    spins waiting; restored afterwards for the other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def quiet_env(tmp: Path) -> dict:
+    """helpers.env, with one thread per subprocess: see one_thread."""
+    return {**env(tmp), "OMP_NUM_THREADS": "1"}
+
+
+def train_tiny_run(base: Path) -> Path:
+    """A 10-step tiny run by scripts/train.py, checkpoints at steps 5 and 10, its val split a
+    separate file; made once per session under ``base`` (test_generate.py uses it too)."""
+    run = base / "run"
+    if (run / "checkpoints" / "step-10" / "config.json").is_file():
+        return run
+    base.mkdir(parents=True, exist_ok=True)
+    corpus = write_corpus(base / "corpus.txt", 60_000)
+    (base / "val.txt").write_text(VAL_TEXT, encoding="utf-8")
+    args = tiny_overrides(base, corpus, **{"data.val_source": base / "val.txt",
+                                            "optim.max_steps": 10, "checkpoint.interval": 5})
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "configs/tiny.yaml",
+                           *args], capture_output=True, text=True, env=quiet_env(base), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """A 10-step tiny run with checkpoints at steps 5 and 10 and a separate val file."""
-    tmp = tmp_path_factory.mktemp("eval-run")
-    corpus = write_corpus(tmp / "corpus.txt", 60_000)
-    (tmp / "val.txt").write_text(VAL_TEXT, encoding="utf-8")
-    args = tiny_overrides(tmp, corpus, **{"data.val_source": tmp / "val.txt",
-                                           "optim.max_steps": 10, "checkpoint.interval": 5})
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "configs/tiny.yaml",
-                           *args], capture_output=True, text=True, env=env(tmp), cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "run"
+    return train_tiny_run(tmp_path_factory.getbasetemp() / "tiny-run")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +75,8 @@ def ckpt(run: Path) -> Path:
 
 
 def script_main(argv: list[str]) -> int:
-    """scripts/evaluate.py's main, in this process (fast); exit codes and output as real."""
+    """scripts/evaluate.py's main, in this process: its real code and output, without the
+    seconds of a new interpreter (test_script_end_to_end runs it as a process)."""
     return runpy.run_path(str(SCRIPT), run_name="evaluate_script")["main"](argv)
 
 
@@ -133,7 +157,7 @@ def test_script_end_to_end(run: Path, tmp_path: Path):
     """A run directory means all its checkpoints; a table and a JSON list come out."""
     out = tmp_path / "sub" / "results.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), str(run), "--json", str(out)],
-                          capture_output=True, text=True, env=env(tmp_path), cwd=REPO)
+                          capture_output=True, text=True, env=quiet_env(tmp_path), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[1].split() == ["checkpoint", "step", "loss", "ppl", "bits/byte", "tokens"]
@@ -144,15 +168,14 @@ def test_script_end_to_end(run: Path, tmp_path: Path):
     assert results[1]["loss"] < results[0]["loss"]  # it trained
 
 
-def test_truncated_weights_are_one_line_exit_2(ckpt: Path, tmp_path: Path):
+def test_truncated_weights_are_one_line_exit_2(ckpt: Path, tmp_path: Path, capsys):
     bad = tmp_path / "step-10"
     shutil.copytree(ckpt, bad)
     weights = bad / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(bad)], capture_output=True,
-                          text=True, env=env(tmp_path), cwd=REPO)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert re.fullmatch(r"error: .*model\.safetensors: corrupt or truncated.*\n", proc.stderr), proc.stderr
+    assert script_main([str(bad)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and re.fullmatch(r"error: .*model\.safetensors: corrupt or truncated.*\n", err), err
 
 
 def test_missing_checkpoint_and_bad_arguments_are_one_line_exit_2(ckpt: Path, tmp_path: Path, capsys):

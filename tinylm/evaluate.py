@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from tinylm.checkpoint import TOKENIZER_FILE, CheckpointError, load_model
-from tinylm.corpus import DataError, load_documents, normalize
-from tinylm.data import EvalBlocks, load_tokens, token_dtype
+from tinylm.corpus import DataError, load_documents
+from tinylm.data import EvalBlocks, load_tokens, token_dtype, tokenize_rows
 from tinylm.model import GPT
 from tinylm.tokenizer import Tokenizer
 
@@ -168,21 +168,21 @@ def _recorded_val_split(ckpt: Path, cfg: dict, tokenizer: Tokenizer) -> _Split:
                   f"val split of {data_dir}")
 
 
-def _tokenize_source(source: str, tokenizer: Tokenizer, out: Path) -> _Split:
-    """Tokenize ``source`` into the token file ``out``, the way ``prepare`` builds a split:
-    normalized text (BOM, CRLF), end-of-text after each non-empty document. Bytes are the
-    UTF-8 bytes of that text. Streamed in batches of rows: the corpus is never whole in memory."""
-    rows = load_documents(source, progress=False)
-    raw = "doc_end" not in rows.column_names  # table rows: one document each, not normalized
-    dtype, tokens, n_bytes = token_dtype(tokenizer.vocab_size), 0, 0
+def _tokenize_source(source: str, tokenizer: Tokenizer, out: Path, data_dir: str) -> _Split:
+    """Tokenize ``source`` into the token file ``out`` with ``prepare``'s own rule
+    (``tokenize_rows``: normalized text, end-of-text after each non-empty document). Bytes
+    are the UTF-8 bytes of that text. Streamed in batches: never whole in memory."""
+    rows = load_documents(source, data_dir=data_dir, progress=False)
+    dtype, token_bytes = token_dtype(tokenizer.vocab_size), tokenizer.token_bytes()
+    tokenized = tokenize_rows(rows, tokenizer, 256, dtype, desc="tokenizing")
+    tokens, n_bytes = 0, 0
     with open(out, "wb") as f:
-        for batch in rows.iter(batch_size=256):
-            texts = [normalize(t or "") for t in batch["text"]] if raw else batch["text"]
-            ends = [True] * len(texts) if raw else batch["doc_end"]
-            for text, end, ids in zip(texts, ends, tokenizer.encode_batch(texts)):
-                ids = ids + [tokenizer.eot_id] if end and text else ids
-                f.write(np.asarray(ids, dtype=dtype).tobytes())
-                tokens, n_bytes = tokens + len(ids), n_bytes + len(text.encode("utf-8"))
+        for batch in tokenized.with_format("numpy").iter(batch_size=256):
+            if not len(batch["ids"]):
+                continue
+            ids = np.concatenate([np.asarray(x, dtype=dtype) for x in batch["ids"]])
+            f.write(ids.tobytes())
+            tokens, n_bytes = tokens + ids.size, n_bytes + int(token_bytes[ids].sum())
     if tokens < 2:
         raise DataError(f"{source}: {tokens} token(s) of text; evaluation needs at least 2")
     return _Split(out, dtype, tokens, n_bytes, source)
@@ -195,6 +195,7 @@ def evaluate_checkpoint(
     block_size: int | None = None,
     batch_size: int = 16,
     accelerator=None,
+    device: str | torch.device | None = None,
 ) -> dict:
     """Loss, perplexity and bits per byte of a checkpoint on ``data``, as a flat dict.
 
@@ -203,12 +204,15 @@ def evaluate_checkpoint(
     defaults to the model's context (larger is an error: rotary positions past it were never
     trained); a text shorter than one block is scored as one shorter block. With
     ``accelerator`` the blocks are sharded over its processes and the sums gathered, and every
-    process returns the same dict.
+    process returns the same dict. ``device`` defaults to the accelerator's, else CUDA when
+    there is one.
     """
-    device = accelerator.device if accelerator is not None else "cpu"
+    if device is None:
+        device = accelerator.device if accelerator is not None else \
+            ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, cfg = load_for_inference(ckpt, device)
     context = model.config.block_size
-    T = block_size or context
+    T = context if block_size is None else block_size
     if not 1 <= T <= context:
         raise ValueError(f"block_size={T}: expected 1..{context} (the model's context)")
     if batch_size < 1:
@@ -219,7 +223,8 @@ def evaluate_checkpoint(
             split = _recorded_val_split(Path(ckpt), cfg, tokenizer)
         else:
             with first:  # one process fills the datasets cache, the others reuse it
-                split = _tokenize_source(data, tokenizer, Path(tmp) / "eval.bin")
+                data_dir = cfg.get("train", {}).get("data", {}).get("dir", "data")  # python-docs' cache
+                split = _tokenize_source(data, tokenizer, Path(tmp) / "eval.bin", data_dir)
         T = min(T, split.tokens - 1)
         loader = DataLoader(EvalBlocks(split.path, T, dtype=split.dtype), batch_size=batch_size)
         if accelerator is not None:
