@@ -21,7 +21,9 @@ from pathlib import Path
 
 from tinylm.checkpoint import TOKENIZER_FILE, CheckpointError, find_checkpoints, load_model
 from tinylm.checkpoint import write_checkpoint_files
+from tinylm.model import GPT
 from tinylm.student import make_student
+from tinylm.weights import CopyReport
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,9 +41,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def write_student(teacher_path: str | Path, layers: str, out: Path, n_embd: int | None = None):
+def write_student(teacher_path: str | Path, layers: str, out: Path,
+                  n_embd: int | None = None) -> tuple[GPT, GPT, CopyReport]:
     """Build the student of ``teacher_path`` and write it to ``out`` (atomically: assembled
-    under a temporary name, then renamed). Returns the copy report."""
+    under a temporary name, then renamed). Returns (teacher, student, copy report)."""
     ckpt = find_checkpoints(teacher_path)[-1]
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out}: exists and is not an empty directory")
