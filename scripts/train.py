@@ -12,6 +12,7 @@ import sys
 from tinylm.checkpoint import CheckpointError
 from tinylm.config import ConfigError, load_config
 from tinylm.corpus import DataError
+from tinylm.distill import TokenizerMismatchError
 from tinylm.sync_check import TiedSyncError
 from tinylm.train import TrainingDiverged, train
 from tinylm.tying import TieError
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(config_path, overrides)
         summary = train(cfg)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, TokenizerMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (TrainingDiverged, TiedSyncError, TieError) as e:

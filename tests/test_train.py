@@ -133,3 +133,47 @@ def test_lr_schedule_warms_up_and_decays_to_floor():
     assert lr_at(100, c) == pytest.approx(0.1)
     w = OptimConfig(lr=1.0, warmup_steps=10, max_steps=100, schedule="wsd", min_lr_ratio=0.0)
     assert lr_at(50, w) == 1.0 and lr_at(90, w) == pytest.approx(0.5) and lr_at(100, w) == 0.0
+
+
+def test_distillation_with_alpha_0_equals_plain_training(tmp_path, corpus):
+    """The teacher is wired in (frozen, same data), and alpha=0 leaves only cross-entropy."""
+    run(tmp_path / "teacher", corpus, **{"optim.max_steps": 10})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    teacher = tmp_path / "teacher" / "run" / "checkpoints" / "step-10"
+    run(tmp_path / "plain", corpus, **{"optim.max_steps": 10})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    run(tmp_path / "zero", corpus, **{"optim.max_steps": 10, "distill.teacher": teacher,
+                                      "distill.alpha": 0.0})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    run(tmp_path / "half", corpus, **{"optim.max_steps": 10, "distill.teacher": teacher,
+                                      "distill.alpha": 0.5})
+
+    def losses(name):
+        path = tmp_path / name / "run" / "metrics.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines() if '"train"' in x]
+
+    plain, zero, half = losses("plain"), losses("zero"), losses("half")
+    assert [r["loss"] for r in zero] == [r["loss"] for r in plain]
+    assert "distill_kl" in half[0] and half[0]["loss"] != plain[0]["loss"]
+
+
+def test_init_from_a_student_checkpoint(tmp_path, corpus):
+    from tinylm.student import make_student
+
+    run(tmp_path / "teacher", corpus, **{"optim.max_steps": 5, "model.n_layer": 4})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    teacher_dir = tmp_path / "teacher" / "run" / "checkpoints" / "step-5"
+    teacher, cfg = ckpt.load_model(teacher_dir)
+    student, report = make_student(teacher, "every:2")
+    out = tmp_path / "student"
+    out.mkdir()
+    ckpt.write_checkpoint_files(out, student, cfg["train"], teacher_dir / ckpt.TOKENIZER_FILE)
+    captured = {}
+
+    def first_step(model, step):
+        captured.setdefault("n_layer", len(model.layers))
+
+    summary, _ = run(tmp_path / "s", corpus, TrainHooks(after_step=first_step),
+                     **{"optim.max_steps": 5, "model.n_layer": 4, "checkpoint.init_from": out})
+    assert captured["n_layer"] == 2  # the student's shape wins over model.n_layer
+    assert summary["step"] == 5

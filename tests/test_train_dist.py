@@ -103,3 +103,13 @@ def test_two_nodes_on_localhost(tmp_path, corpus):
     assert world_size(outs[0]) == 2
     assert re.findall(r"sync check @ step (\d+): .*identical on 2 process", outs[0]) == ["0", "10"]
     assert (tmp_path / "run" / "checkpoints" / "step-20" / ckpt.MODEL_FILE).is_file()
+
+
+def test_distillation_with_two_processes(tmp_path, corpus):
+    proc, out, _ = launch(tmp_path / "teacher", corpus, **{"optim.max_steps": 10})
+    assert proc.returncode == 0, out[-2000:]
+    teacher = tmp_path / "teacher" / "run" / "checkpoints" / "step-10"
+    proc, out, res = launch(tmp_path / "student", corpus, **{
+        "optim.max_steps": 10, "model.n_layer": 1, "distill.teacher": teacher})
+    assert proc.returncode == 0 and res[0]["ok"], out[-2000:]
+    assert "distilling from" in out and "identical on 2 process" in out

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from tinylm.data import DataConfig
+from tinylm.distill import DistillConfig
 from tinylm.model import GPTConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -56,6 +57,7 @@ class CheckpointConfig:
     interval: int = 500  # optimizer steps between checkpoints (0 = only at the end)
     keep_last: int = 2  # older step-N dirs are deleted once a newer one is complete
     resume: str = ""  # "" = fresh start; "auto" = latest in run_dir; or a checkpoint dir
+    init_from: str = ""  # start from these weights only (e.g. make_student.py output); its shape wins
 
 
 @dataclass
@@ -82,6 +84,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     sync_check: SyncCheckConfig = field(default_factory=SyncCheckConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # off unless distill.teacher is set
 
 
 def _closest(key: str, node: Any) -> str:

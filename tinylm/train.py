@@ -34,8 +34,10 @@ from tqdm.auto import tqdm
 from tinylm import checkpoint as ckpt
 from tinylm.config import OptimConfig, TrainConfig, config_to_dict, save_config
 from tinylm.data import EvalBlocks, TrainBatches, prepare
+from tinylm.distill import distill_forward, load_teacher
 from tinylm.evaluate import EvalResult, evaluate
 from tinylm.metrics import MetricsFile, eval_line, plot_losses, train_line
+from tinylm.student import init_from, init_model_config
 from tinylm.model import GPT
 from tinylm.sync_check import check_tied_sync
 from tinylm.tying import check_ties
@@ -166,6 +168,8 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
     data = prepare(cfg.data, accelerator=accelerator)
     meta = data.meta
     cfg.model.vocab_size = 64 * math.ceil(meta["vocab_size"] / 64)  # pad: faster head matmul
+    if cfg.checkpoint.init_from:  # the weights fix the architecture; the tokenizer must match
+        cfg.model = init_model_config(cfg.checkpoint.init_from, vocab_size=cfg.model.vocab_size)
     T = cfg.model.block_size
     batches = TrainBatches(data.train_path, T, o.batch_size, rank=accelerator.process_index,
                            world_size=accelerator.num_processes, seed=cfg.seed, dtype=data.dtype)
@@ -177,8 +181,16 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
     optimizer = build_optimizer(raw_model, o)
     start_step, run_id = 0, None
     resume_from = _resolve_resume(cfg, ckpt_root)
-    if resume_from is not None:
+    if resume_from is not None:  # resuming wins over init_from
         ckpt.load_weights(raw_model, resume_from / ckpt.MODEL_FILE)
+    elif cfg.checkpoint.init_from:
+        log(init_from(raw_model, cfg.checkpoint.init_from, data.tokenizer_path).summary())
+    teacher = None
+    if cfg.distill.teacher:  # frozen, eval mode, never prepared: no DDP wrapper, no optimizer
+        teacher = load_teacher(cfg.distill.teacher, accelerator.device, cfg.model.vocab_size,
+                               data.tokenizer_path)
+        log(f"distilling from {cfg.distill.teacher} (alpha {cfg.distill.alpha}, "
+            f"temperature {cfg.distill.temperature})")
     model, optimizer = accelerator.prepare(raw_model, optimizer)
     check_ties(model)  # wrapping (DDP, compile) must keep the tie, or we stop here
     # Our model.safetensors holds the weights (ties stored once); accelerate keeps the rest.
@@ -240,6 +252,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
     stop = _StopSignal()
     step, last_eval, last_ckpt = start_step, None, None
     train_seconds, steps_timed, loss_acc, loss_n = 0.0, 0, torch.zeros(()), 0
+    kl_acc = torch.zeros(())  # distillation's KL term, summed like loss_acc
     bar = tqdm(total=o.max_steps, initial=start_step, desc="train",
                disable=not main or not sys.stderr.isatty(),  # logs get the step lines only
                dynamic_ncols=True, leave=False)
@@ -256,7 +269,11 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
                 x, y = x.to(accelerator.device), y.to(accelerator.device)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
-                        _, loss = model(x, y)
+                        if teacher is None:
+                            _, loss = model(x, y)
+                        else:
+                            loss, parts = distill_forward(model, teacher, x, y, cfg.distill)
+                            kl_acc += parts["kl"].detach().float().cpu() / o.grad_accum
                     accelerator.backward(loss)
                 step_loss += loss.detach() / o.grad_accum
             assert accelerator.sync_gradients, "grad_accum micro-steps must end on a sync step"
@@ -295,6 +312,9 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
                 if main:
                     bar.write(train_line(step, o.max_steps, mean_loss, lr, tok_s, eta, gn))
                 record = {"loss": mean_loss, "lr": lr, "tokens_per_s": tok_s, "grad_norm": gn}
+                if teacher is not None:  # loss is then the mix; KL is the teacher-matching part
+                    record["distill_kl"] = kl_acc.item() / loss_n
+                    kl_acc = torch.zeros(())
                 metrics.write({"kind": "train", "step": step, "tokens": step * tokens_per_step, **record})
                 accelerator.log(record, step=step)
                 loss_acc, loss_n = torch.zeros(()), 0
