@@ -180,18 +180,29 @@ def test_parquet_and_jsonl_files(tmp_path: Path) -> None:
     assert texts(load_documents(str(tmp_path / "*.jsonl"), hf_text_column="body")) == texts(got)
 
 
-def test_hub_name_goes_through_load_dataset(monkeypatch) -> None:
-    calls = []
-
-    def fake_load_dataset(name, config=None, split=None, **kw):
-        calls.append((name, config, split))
-        return datasets.Dataset.from_dict({"story": ["once upon a time"]})
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    ds = load_documents("someone/stories", hf_split="validation", hf_text_column="story",
-                        hf_config="en")
-    assert calls == [("someone/stories", "en", "validation")]
-    assert texts(ds) == ["once upon a time"]
+def test_dataset_repo_goes_through_load_dataset_with_config_and_split(tmp_path: Path) -> None:
+    """A local clone of a Hub dataset repo takes the Hub's own path: datasets.load_dataset(name,
+    config, split=...) resolves the README's configs, the split and the column, for real."""
+    repo = tmp_path / "stories"
+    (repo / "en").mkdir(parents=True)
+    (repo / "fr").mkdir()
+    datasets.Dataset.from_dict({"story": ["once upon a time\n", "the end"]}).to_parquet(
+        str(repo / "en" / "validation.parquet"))
+    datasets.Dataset.from_dict({"story": ["train text"]}).to_parquet(str(repo / "en" / "train.parquet"))
+    datasets.Dataset.from_dict({"story": ["il était une fois"]}).to_parquet(
+        str(repo / "fr" / "validation.parquet"))
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n"
+        "- config_name: en\n  data_files:\n  - split: train\n    path: en/train.parquet\n"
+        "  - split: validation\n    path: en/validation.parquet\n"
+        "- config_name: fr\n  data_files:\n  - split: validation\n    path: fr/validation.parquet\n"
+        "---\n# stories\n")
+    ds = load_documents(str(repo), hf_split="validation", hf_text_column="story", hf_config="en")
+    assert texts(ds) == ["once upon a time\n", "the end"]
+    fr = load_documents(str(repo), hf_split="validation", hf_text_column="story", hf_config="fr")
+    assert texts(fr) == ["il était une fois"]
+    with pytest.raises(DataError, match="loadable dataset"):
+        load_documents(str(repo), hf_split="test", hf_text_column="story", hf_config="en")
 
 
 def test_unknown_hub_name_offline_is_a_data_error() -> None:

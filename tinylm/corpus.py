@@ -7,6 +7,8 @@ One string names a source. It is resolved in this order, first match wins:
    one document each. About 2 MB, offline, on every Python install; built once (~5 s) into
    ``<data dir>/python-docs-<python version>.jsonl`` and reused from there.
 2. An existing path:
+   - a local clone of a Hub dataset repo (its README's YAML header declares ``configs:``):
+     loaded exactly as the Hub name would be, ``load_dataset(path, hf_config, split=hf_split)``;
    - a folder written by ``Dataset.save_to_disk`` (it holds ``state.json`` or
      ``dataset_dict.json``): loaded with ``load_from_disk``, split ``hf_split`` of a DatasetDict;
    - a ``.parquet`` / ``.jsonl`` / ``.json`` file, or a folder holding only such files: loaded
@@ -224,6 +226,8 @@ def describe(source: str) -> dict:
     if source == "python-docs":
         return {"kind": "python-docs", "python": sys.version}
     path = Path(source).expanduser()
+    if _is_dataset_repo(path):  # a local clone of a Hub dataset repo: exactly the Hub's loader
+        return _load_hub(str(path), hf_config, hf_split, hf_text_column)
     if _is_saved_dataset(path):
         return {"kind": "saved", "files": _stamp(_files_under(path))}
     files = _files_of(source)
@@ -262,6 +266,8 @@ def load_documents(source: str, *, hf_split: str = "train", hf_text_column: str 
         path = build_python_docs(data_dir, progress=progress)
         return datasets.load_dataset("json", data_files=str(path), split="train")
     path = Path(source).expanduser()
+    if _is_dataset_repo(path):  # a local clone of a Hub dataset repo: exactly the Hub's loader
+        return _load_hub(str(path), hf_config, hf_split, hf_text_column)
     if _is_saved_dataset(path):
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
@@ -288,6 +294,21 @@ def load_documents(source: str, *, hf_split: str = "train", hf_text_column: str 
             raise
     if _looks_like_path(source):
         raise DataError(f"{source}: no such file or folder")
+    return _load_hub(source, hf_config, hf_split, hf_text_column)
+
+
+def _is_dataset_repo(path: Path) -> bool:
+    """A dataset repository checked out locally: its README's YAML header declares configs."""
+    readme = path / "README.md"
+    if not (path.is_dir() and readme.is_file()):
+        return False
+    head = readme.read_text(errors="replace")[:20000]
+    return head.startswith("---") and "\nconfigs:" in head.split("\n---", 1)[0]
+
+
+def _load_hub(source: str, hf_config: Optional[str], hf_split: str, hf_text_column: str) -> datasets.Dataset:
+    """``datasets.load_dataset(source, hf_config, split=hf_split)``: a Hub name (online) or a
+    local clone of a dataset repo resolve configs, splits and files the same way."""
     try:  # a Hub dataset: the real path, online for users (tests use local data)
         ds = datasets.load_dataset(source, hf_config, split=hf_split)
     except Exception as e:
