@@ -143,6 +143,25 @@ def test_table_and_python_docs_sources_prepare(tmp_path: Path, python_docs_file:
     assert d.meta["train_documents"] > 1000 and d.meta["train_bytes"] > 1_000_000
 
 
+def test_local_dataset_repo_prepares_and_edits_reprepare(tmp_path: Path) -> None:
+    """A local clone of a Hub dataset repo (README with ``configs:``): prepare() keys it by
+    its files, like any local folder."""
+    import datasets
+
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    rows = [corpus_text(1500, seed=i) for i in range(6)]
+    datasets.Dataset.from_dict({"story": rows}).to_parquet(str(repo / "data" / "train.parquet"))
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                    "  - split: train\n    path: data/train.parquet\n---\n")
+    cfg = cfg_for(repo, tmp_path, hf_text_column="story")
+    d = prepare(cfg, progress=False)
+    assert d.meta["train_bytes"] + d.meta["val_bytes"] == sum(len(r.encode()) for r in rows)
+    assert d.meta["train_documents"] + d.meta["val_documents"] == 6
+    (repo / "README.md").write_text((repo / "README.md").read_text() + "edited\n")
+    assert prepare(cfg, progress=False).dir != d.dir  # its files are part of the key
+
+
 # -- prepare: errors -------------------------------------------------------------------------
 
 def test_empty_corpus_and_too_small_split_are_clear_errors(tmp_path: Path) -> None:

@@ -226,8 +226,6 @@ def describe(source: str) -> dict:
     if source == "python-docs":
         return {"kind": "python-docs", "python": sys.version}
     path = Path(source).expanduser()
-    if _is_dataset_repo(path):  # a local clone of a Hub dataset repo: exactly the Hub's loader
-        return _load_hub(str(path), hf_config, hf_split, hf_text_column)
     if _is_saved_dataset(path):
         return {"kind": "saved", "files": _stamp(_files_under(path))}
     files = _files_of(source)
