@@ -240,7 +240,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
             ckpt.write_checkpoint_files(
                 tmp, raw_model, config_to_dict(cfg), data.tokenizer_path,
                 trainer_state={"step": step, "data": batches.state_dict(), "wandb_run_id": run_id},
-                extra={"step": step, "data_dir": str(data.dir), "val_tokens": meta["val_tokens"],
+                extra={"step": step, "data_dir": str(Path(data.dir).resolve()), "val_tokens": meta["val_tokens"],
                        "val_bytes": meta["val_bytes"]})
             final = ckpt.publish(tmp, ckpt_root, step, cfg.checkpoint.keep_last)
             log(f"saved checkpoint {final}")
