@@ -3,8 +3,8 @@ reproducible, the filters and stops do what they say, streaming adds up to the r
 
 Most tests use a random model with peaked logits (init std 0.3): its greedy choices are far
 from ties, so two computations of the same logits that differ in rounding still pick the same
-token, and its output is varied rather than one repeated token. Its context is 16 tokens, so
-64 new tokens cross several window re-starts. Its vocab (384) is larger than the tokenizer's
+token, and its output is varied rather than one repeated token. Its context is 16 tokens (windows
+re-start every 4 new tokens and keep 13), so 64 new tokens cross many re-starts. Its vocab (384) is larger than the tokenizer's
 (320), as the trainer's padding makes it: ids past the tokenizer must never come out.
 """
 
@@ -14,6 +14,7 @@ import io
 import runpy
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,12 @@ import torch
 from helpers import REPO
 from test_evaluate import quiet_env, train_tiny_run  # one training run per session, shared
 from tinylm.evaluate import load_for_inference
-from tinylm.generate import _Row, _take, generate, sample_next
-from tinylm.model import GPT, GPTConfig
+from tinylm.generate import _Decoder, _Row, _take, generate, sample_next
+from tinylm.model import GPT, GPTConfig, KVCache
 from tinylm.tokenizer import EOT, Tokenizer
 
 SCRIPT = REPO / "scripts" / "generate.py"
-PROMPTS = ["The quick brown fox", "A", "", "Once upon a time"]  # 0 to 16 tokens
+PROMPTS = ["The quick fox", "A", "", "Once upon a time"]  # 11, 1, 0 and 12 tokens
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,6 +79,31 @@ def test_cached_equals_uncached_greedy_batch_of_different_lengths(model, tok):
 def test_cached_equals_uncached_when_sampling(model, tok):
     kw = dict(temperature=1.0, seed=7, top_k=50)
     assert generate(model, tok, PROMPTS, 64, **kw) == generate(model, tok, PROMPTS, 64, use_cache=False, **kw)
+
+
+def test_fast_decoder_equals_gpt_forward(model, tok):
+    """An exact GPT decodes with generate's _Decoder; a subclass goes through GPT.forward."""
+    class PlainGPT(GPT):
+        pass
+
+    plain = PlainGPT(model.config).eval()
+    plain.load_state_dict(model.state_dict())
+    for kw in ({"temperature": 0}, {"temperature": 1.0, "seed": 3}):
+        assert generate(model, tok, PROMPTS, 48, **kw) == generate(plain, tok, PROMPTS, 48, **kw)
+    # the logits themselves, step by step, on a left-padded batch
+    ids = torch.randint(0, tok.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    caches = [KVCache(model.config, 2) for _ in range(2)]
+    with torch.inference_mode():
+        for cache in caches:
+            cache.pad_mask = torch.ones(2, cache.max_len, dtype=torch.bool)
+            cache.pad_mask[1, :3] = False
+            model(ids[:, :6], cache=cache)
+        decoder = _Decoder(model)
+        for t in range(6, 12):
+            fast = decoder.step(ids[:, t:t + 1], caches[0])
+            slow = model(ids[:, t:t + 1], cache=caches[1], last_only=True)[:, -1]
+            torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    assert caches[0].pos == caches[1].pos == 12
 
 
 def test_same_seed_same_text_other_seed_other_text(model, tok):
@@ -158,15 +184,22 @@ def test_end_of_text_ends_a_row(model, tok):
 
 
 def test_too_long_prompt_is_cropped_from_the_left_with_a_notice(model, tok):
-    tail = "\n\n" + "the quick brown fox jumps " * 10
-    a, b = "alpha beta " * 5 + tail, "gamma " * 7 + tail
-    assert tok.encode(a)[-16:] == tok.encode(b)[-16:] and len(tok.encode(a)) > 16
-    with pytest.warns(UserWarning, match=r"prompt 0 has \d+ tokens, more than the model's context "
-                                         r"of 16: cropped to its last 16 tokens"):
+    """Context 16: a prompt keeps its last 13 tokens, room for a stride of 4 new ones. Two
+    prompts that differ only before their last 13 tokens must then continue alike."""
+    tail = "\n\n" + "x" * 11  # 13 tokens: "\n\n" and 11 unmerged x's
+    a, b = "alpha beta." + tail, "gamma gamma!" + tail
+    assert tok.encode(a)[-13:] == tok.encode(b)[-13:] == tok.encode(tail)
+    assert tok.encode(a)[-14] != tok.encode(b)[-14]
+    with pytest.warns(UserWarning, match=r"prompt 0 has \d+ tokens, more than fit with room to "
+                                         r"generate in the model's context of 16: cropped to its "
+                                         r"last 13 tokens"):
         out_a = generate(model, tok, [a], 20, temperature=0)
     with pytest.warns(UserWarning):
         out_b = generate(model, tok, [b], 20, temperature=0)
-    assert out_a == out_b  # only the last 16 tokens were seen
+    assert out_a == out_b == generate(model, tok, [tail], 20, temperature=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a prompt that fits: no notice
+        generate(model, tok, [tail], 5, temperature=0)
 
 
 def test_streamed_pieces_add_up_to_the_result(model, tok):
