@@ -138,7 +138,7 @@ def test_two_processes_equal_one(ckpt: Path, tmp_path: Path):
                             [str(ckpt), str(tmp_path / "out.json"), "--batch-size", "7"], tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    results = [json.loads(m) for m in re.findall(r"^RESULT (.*)$", proc.stdout, re.M)]
+    results = [json.loads(m) for m in re.findall(r"RESULT (\{[^\n]*\})", proc.stdout)]
     assert sorted(r["rank"] for r in results) == [0, 1], out[-3000:]
     assert all(r["world_size"] == 2 and r["num_processes"] == 2 for r in results), out[-3000:]
     single = evaluate_checkpoint(ckpt, batch_size=7)

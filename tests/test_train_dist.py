@@ -28,7 +28,7 @@ def corpus(tmp_path_factory):
 
 
 def results(out: str) -> list[dict]:
-    return [json.loads(m) for m in re.findall(r"^RESULT (.*)$", out, re.M)]
+    return [json.loads(m) for m in re.findall(r"RESULT (\{[^\n]*\})", out)]
 
 
 def launch(tmp_path, corpus, *hook_args, **overrides):

@@ -10,6 +10,7 @@ the test also sees that under accelerate only the main process prints the table 
 
 import argparse
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -22,6 +23,13 @@ from tinylm.evaluate import evaluate_checkpoint
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "evaluate.py"
 
 
+def report(result: dict) -> None:
+    """One os.write per line: ranks share stdout, and print()'s separate writes interleave;
+    a single write under 4 KB to a pipe is atomic."""
+    sys.stdout.flush()
+    os.write(1, ("RESULT " + json.dumps(result) + "\n").encode())
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("ckpt")
@@ -32,8 +40,8 @@ def main() -> int:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     result = evaluate_checkpoint(args.ckpt, args.data, batch_size=args.batch_size,
                                  accelerator=accelerator)
-    print("RESULT " + json.dumps({"rank": accelerator.process_index,
-                                  "world_size": accelerator.num_processes, **result}), flush=True)
+    report({"rank": accelerator.process_index,
+                                  "world_size": accelerator.num_processes, **result})
     script_argv = [args.ckpt, "--json", args.json_out, "--batch-size", str(args.batch_size)]
     if args.data:
         script_argv += ["--data", args.data]

@@ -20,6 +20,13 @@ from tinylm.config import load_config
 from tinylm.train import TrainHooks, train
 
 
+def report(result: dict) -> None:
+    """One os.write per line: ranks share stdout, and print()'s separate writes interleave;
+    a single write under 4 KB to a pipe is atomic."""
+    sys.stdout.flush()
+    os.write(1, ("RESULT " + json.dumps(result) + "\n").encode())
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--fault-rank", type=int, default=-1)
@@ -44,10 +51,10 @@ def main() -> None:
     try:
         summary = train(load_config(args.config, args.overrides),
                         TrainHooks(after_backward=after_backward, after_step=after_step))
-        print("RESULT " + json.dumps({"rank": rank, "ok": True, **summary}), flush=True)
+        report({"rank": rank, "ok": True, **summary})
     except Exception as e:  # report, don't crash: the test reads each rank's outcome
-        print("RESULT " + json.dumps({"rank": rank, "ok": False, "error": type(e).__name__,
-                                      "message": str(e)}), flush=True)
+        report({"rank": rank, "ok": False, "error": type(e).__name__,
+                                      "message": str(e)})
         sys.exit(3)
 
 
