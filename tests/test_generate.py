@@ -81,6 +81,23 @@ def test_cached_equals_uncached_when_sampling(model, tok):
     assert generate(model, tok, PROMPTS, 64, **kw) == generate(model, tok, PROMPTS, 64, use_cache=False, **kw)
 
 
+def test_windows_follow_the_documented_policy(model, tok):
+    """A by-hand reference: context 16, so a stride is 4 new tokens and a window re-starts on
+    its last 13 tokens when, at a stride's start, it holds more than 13."""
+    span, keep = 4, 13
+    ids, start = tok.encode(PROMPTS[3]), 0
+    with torch.no_grad():
+        for step in range(40):
+            if step % span == 0 and len(ids) - start > keep:
+                start = len(ids) - keep
+            assert len(ids) - start <= 16
+            ids.append(int(model(torch.tensor([ids[start:]]))[0, -1, :tok.vocab_size].argmax()))
+    reference = tok.decode(ids[len(tok.encode(PROMPTS[3])):])
+    for use_cache in (True, False):
+        assert generate(model, tok, [PROMPTS[3]], 40, temperature=0, use_cache=use_cache,
+                        stop_at_eot=False) == [reference]
+
+
 def test_fast_decoder_equals_gpt_forward(model, tok):
     """An exact GPT decodes with generate's _Decoder; a subclass goes through GPT.forward."""
     class PlainGPT(GPT):
