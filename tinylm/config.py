@@ -77,6 +77,8 @@ class SyncCheckConfig:
 class TrainConfig:
     run_dir: str = "runs/default"  # where metrics, checkpoints, plots and wandb files go
     seed: int = 1337
+    cpu_threads: int = 0  # torch threads per process on CPU; 0 = cores / local processes
+    # (accelerate launch sets OMP_NUM_THREADS=1 for one CPU process: half of a 2-core machine)
     model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size is set from the tokenizer
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -157,8 +157,13 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
     )
     main = accelerator.is_main_process
     log = accelerator.print
+    threads = ""
+    if accelerator.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // local))
+        threads = f", {torch.get_num_threads()} thread(s) each"
     log(f"tinylm: {accelerator.num_processes} process(es) ({accelerator.distributed_type.value}), "
-        f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
+        f"device {accelerator.device}{threads}, mixed precision {accelerator.mixed_precision}")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_root.mkdir(exist_ok=True)
