@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import torch
 from pydoc_data.topics import topics
@@ -65,6 +66,7 @@ def main() -> None:
                         "disturbed on shared cores")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=r"prompt \d+ has")  # a small context crops prompts
 
     if args.checkpoint:
         from tinylm.evaluate import load_for_inference
