@@ -19,7 +19,8 @@ the validation split its config.json records; or on any source (a text file, fol
 ``python-docs``...; see ``tinylm.corpus``) tokenized with the checkpoint's own tokenizer.json
 exactly as ``prepare`` tokenizes a split (normalized text, end-of-text after each document), so
 a file scored here gives the same numbers as the same file prepared as ``data.val_source``.
-Every failure is one line: ``CheckpointError`` for the checkpoint, ``DataError`` for the data.
+Every failure is one line: ``CheckpointError`` for the checkpoint, ``DataError`` for the data,
+``ValueError`` for a bad block or batch size.
 """
 
 from __future__ import annotations
