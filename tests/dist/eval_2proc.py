@@ -40,8 +40,7 @@ def main() -> int:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     result = evaluate_checkpoint(args.ckpt, args.data, batch_size=args.batch_size,
                                  accelerator=accelerator)
-    report({"rank": accelerator.process_index,
-                                  "world_size": accelerator.num_processes, **result})
+    report({"rank": accelerator.process_index, "world_size": accelerator.num_processes, **result})
     script_argv = [args.ckpt, "--json", args.json_out, "--batch-size", str(args.batch_size)]
     if args.data:
         script_argv += ["--data", args.data]
