@@ -25,17 +25,12 @@ import torch
 
 from tinylm.checkpoint import CheckpointError, find_checkpoints
 from tinylm.corpus import DataError, atomic_write
+from tinylm.cli import ArgumentParser
 from tinylm.evaluate import evaluate_checkpoint
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, like every other error here
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = _Parser(description=__doc__.split("\n")[0], usage=__doc__.split("\n\n")[1].strip())
+    p = ArgumentParser(description=__doc__.split("\n")[0], usage=__doc__.split("\n\n")[1].strip())
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     p.add_argument("--data", default=None, help="a source to score instead of the recorded val split")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results here")

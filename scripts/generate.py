@@ -25,19 +25,14 @@ import torch
 
 from tinylm.checkpoint import CheckpointError, find_checkpoints
 from tinylm.evaluate import load_for_inference
+from tinylm.cli import ArgumentParser
 from tinylm.generate import generate
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, like every other error here
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = _Parser(description=__doc__.split("\n")[0], usage=__doc__.split("\n\n")[1].strip())
+    p = ArgumentParser(description=__doc__.split("\n")[0], usage=__doc__.split("\n\n")[1].strip())
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--prompt", action="append", default=[], help="repeat for a batch")
     p.add_argument("--prompt-file", type=Path, default=None, help="the whole file is one prompt")

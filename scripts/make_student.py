@@ -23,17 +23,12 @@ from tinylm.checkpoint import TOKENIZER_FILE, CheckpointError, find_checkpoints,
 from tinylm.checkpoint import write_checkpoint_files
 from tinylm.model import GPT
 from tinylm.student import make_student
+from tinylm.cli import ArgumentParser
 from tinylm.weights import CopyReport
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, like every other error here
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = _Parser(description=__doc__.split("\n")[0], usage=__doc__.split("\n\n")[1].strip())
+    p = ArgumentParser(description=__doc__.split("\n")[0], usage=__doc__.split("\n\n")[1].strip())
     p.add_argument("teacher", metavar="TEACHER")
     p.add_argument("--layers", required=True, help="every:K, first:K, last:K or 0,2,4,7")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")

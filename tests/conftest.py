@@ -102,3 +102,15 @@ def python_docs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tinylm.corpus import build_python_docs
 
     return build_python_docs(tmp_path_factory.mktemp("pydocs"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny-tensor tests, restored afterwards: with two
+    intra-op threads on 2 shared cores, thread hand-offs cost far more than the math."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

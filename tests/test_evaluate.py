@@ -32,14 +32,7 @@ VAL_TEXT = ("Validation prose with a few multi-byte characters: naïve café, St
             "λόγος, 🙂.\n\nIt repeats so the split spans several blocks of the tiny model.\n") * 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and on shared busy cores a second one mostly
-    spins waiting; restored afterwards for the other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def quiet_env(tmp: Path) -> dict:

@@ -31,14 +31,7 @@ SCRIPT = REPO / "scripts" / "generate.py"
 PROMPTS = ["The quick fox", "A", "", "Once upon a time"]  # 11, 1, 0 and 12 tokens
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and on shared busy cores a second one mostly
-    spins waiting; restored afterwards for the other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 @pytest.fixture(scope="module")

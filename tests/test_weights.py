@@ -13,14 +13,7 @@ from tinylm.weights import CopyReport, get_weights, set_weights
 CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: with 2 intra-op threads on a shared 2-core machine, thread
-    hand-offs cost 50x the math. One thread for this module, restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
 def gpt(seed: int) -> GPT:
