@@ -5,7 +5,7 @@ import pytest
 from tinylm.config import ConfigError, load_config, save_config
 
 PRESETS = ["configs/tiny.yaml", "configs/default.yaml", "configs/shakespeare.yaml",
-           "configs/gpt2-small.yaml"]
+           "configs/gpt2-small.yaml", "configs/fast-cpu.yaml"]
 
 
 @pytest.mark.parametrize("path", PRESETS)
@@ -32,6 +32,9 @@ def test_default_config_when_no_path():
     ("model.n_layer=three", "bad value for 'model.n_layer'"),
     ("model.n_layer", "expected key=value"),
     ("model.n_embd=31", "n_embd=31 is not divisible by n_head=2"),
+    ("optim.adamw=fast", "optim.adamw='fast': expected one of fused, foreach, loop"),
+    ("optim.schedule=linear", "optim.schedule='linear': expected one of cosine, wsd"),
+    ("optim.mixed_precision=fp8", "optim.mixed_precision='fp8': expected one of auto, no, bf16, fp16"),
 ])
 def test_mistakes_are_named(override, message):
     with pytest.raises(ConfigError) as e:

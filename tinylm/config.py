@@ -43,6 +43,14 @@ class OptimConfig:
     grad_clip: float = 1.0  # clip the global grad norm; 0 disables
     mixed_precision: str = "auto"  # "auto" = bf16 where the hardware supports it; "no", "bf16", "fp16"
     compile: bool = False  # torch.compile: faster steady state, 20-30 s first compile on CPU
+    adamw: str = "fused"  # "fused" (one kernel for all tensors, CPU and GPU), "foreach", "loop"
+
+    def __post_init__(self) -> None:
+        choices = {"schedule": ("cosine", "wsd"), "mixed_precision": ("auto", "no", "bf16", "fp16"),
+                   "adamw": ("fused", "foreach", "loop")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"optim.{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
 
 
 @dataclass
