@@ -5,7 +5,7 @@ import pytest
 from tinylm.config import ConfigError, load_config, save_config
 
 PRESETS = ["configs/tiny.yaml", "configs/default.yaml", "configs/shakespeare.yaml",
-           "configs/gpt2-small.yaml", "configs/fast-cpu.yaml"]
+           "configs/gpt2-small.yaml", "configs/fast-cpu.yaml", "configs/fast-cpu-100s.yaml"]
 
 
 @pytest.mark.parametrize("path", PRESETS)
@@ -19,6 +19,14 @@ def test_overrides_are_typed_and_applied():
                                             "data.val_source=null"])
     assert cfg.model.n_layer == 3 and cfg.optim.lr == 0.01 and cfg.run_dir == "/tmp/x"
     assert cfg.data.val_source is None
+
+
+def test_bare_no_means_no_mixed_precision(tmp_path):
+    """YAML reads an unquoted `no` as false; `optim.mixed_precision=no` must still mean "no"."""
+    assert load_config("configs/tiny.yaml", ["optim.mixed_precision=no"]).optim.mixed_precision == "no"
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  mixed_precision: no\n")
+    assert load_config(f).optim.mixed_precision == "no"
 
 
 def test_default_config_when_no_path():

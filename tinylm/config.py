@@ -46,6 +46,8 @@ class OptimConfig:
     adamw: str = "fused"  # "fused" (one kernel for all tensors, CPU and GPU), "foreach", "loop"
 
     def __post_init__(self) -> None:
+        if self.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false: mean "no"
+            self.mixed_precision = "no"
         choices = {"schedule": ("cosine", "wsd"), "mixed_precision": ("auto", "no", "bf16", "fp16"),
                    "adamw": ("fused", "foreach", "loop")}
         for key, allowed in choices.items():
