@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -40,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from tinylm.config import load_config  # noqa: E402
 from tinylm.data import DataConfig, TrainBatches, prepare  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
-from tinylm.train import build_optimizer, resolve_mixed_precision  # noqa: E402
+from tinylm.train import build_optimizer, padded_vocab_size, resolve_mixed_precision  # noqa: E402
 
 
 class Variant:
@@ -62,7 +61,7 @@ class Variant:
             vocab = meta["vocab_size"]
         else:
             vocab = cfg.data.vocab_size
-        cfg.model.vocab_size = 64 * math.ceil(vocab / 64)  # as the trainer pads it
+        cfg.model.vocab_size = padded_vocab_size(vocab)  # as the trainer pads it
         torch.manual_seed(0)
         self.model = GPT(cfg.model)
         self.optimizer = build_optimizer(self.model, o)

@@ -68,10 +68,13 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
             return peak
         frac = (step - decay_start) / max(cfg.max_steps - decay_start, 1)
         return peak + (floor - peak) * min(frac, 1.0)
-    if cfg.schedule != "cosine":
-        raise ValueError(f"optim.schedule={cfg.schedule!r}: expected 'cosine' or 'wsd'")
     frac = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    """The tokenizer's vocab rounded up to a multiple of 64: a faster head matmul."""
+    return 64 * math.ceil(vocab_size / 64)
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -173,7 +176,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
     # -- data: the main process prepares (tokenizer, token files) while the others wait -----
     data = prepare(cfg.data, accelerator=accelerator)
     meta = data.meta
-    cfg.model.vocab_size = 64 * math.ceil(meta["vocab_size"] / 64)  # pad: faster head matmul
+    cfg.model.vocab_size = padded_vocab_size(meta["vocab_size"])
     if cfg.checkpoint.init_from:  # the weights fix the architecture; the tokenizer must match
         cfg.model = init_model_config(cfg.checkpoint.init_from, vocab_size=cfg.model.vocab_size)
     T = cfg.model.block_size
