@@ -6,9 +6,11 @@ Where ``bench.py`` times whole runs (time to quality), this isolates the speed l
 not change what is learned per token: thread count, bf16 autocast, torch.compile, the AdamW
 implementation, batch size — and prices the ones that do (vocab size, model shape) in text
 bytes per second. Every variant is built with the trainer's own pieces (``load_config`` with
-the overrides, ``GPT``, ``build_optimizer``, the same autocast and compile), then the variants
-are timed in interleaved rounds (A B C A B C ...) and the median round is reported: this
-machine's speed drifts by 10-20% over minutes, and interleaving cancels most of it.
+the overrides, ``GPT``, ``build_optimizer``, compile) and steps with the trainer's own
+``tinylm.step.train_step`` on a ``LocalRuntime`` (accelerate's process-wide state allows one
+precision per process; the variants need several), then the variants are timed in interleaved
+rounds (A B C A B C ...) and the median round is reported: this machine's speed drifts by
+10-20% over minutes, and interleaving cancels most of it.
 
 With ``--text``, each vocab size gets a tokenizer trained on that text, which gives bytes per
 token (so tokens/s becomes text bytes/s) and real batches from ``TrainBatches`` (whose time per
@@ -28,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,7 +41,8 @@ sys.path.insert(0, str(REPO))
 from tinylm.config import load_config  # noqa: E402
 from tinylm.data import DataConfig, TrainBatches, prepare  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
-from tinylm.train import build_optimizer, padded_vocab_size, resolve_mixed_precision  # noqa: E402
+from tinylm.optim import build_optimizer  # noqa: E402
+from tinylm.step import LocalRuntime, train_step  # noqa: E402
 
 
 class Variant:
@@ -51,7 +54,7 @@ class Variant:
         self.threads = cfg.cpu_threads or os.cpu_count() or 1
         torch.set_num_threads(self.threads)
         o, T = cfg.optim, cfg.model.block_size
-        self.tokens_per_step = o.batch_size * T
+        self.tokens_per_step = o.batch_size * T * o.grad_accum
         self.bytes_per_token, self.batches = 1.0, None
         if text:
             data = _prepare(text, cfg.data.vocab_size, work)
@@ -61,18 +64,15 @@ class Variant:
             vocab = meta["vocab_size"]
         else:
             vocab = cfg.data.vocab_size
-        cfg.model.vocab_size = padded_vocab_size(vocab)  # as the trainer pads it
         torch.manual_seed(0)
-        self.model = GPT(cfg.model)
+        self.model = GPT(replace(cfg.model, vocab_size=vocab))  # the model pads its own matrix
         self.optimizer = build_optimizer(self.model, o)
         self.forward = torch.compile(self.model) if o.compile else self.model
-        precision = resolve_mixed_precision(o.mixed_precision)
-        self.autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
-                         else nullcontext())
-        self.precision = precision
+        self.runtime = LocalRuntime("cpu", o.mixed_precision, o.grad_accum)
+        self.precision = self.runtime.mixed_precision
         self.random_batch = (torch.randint(0, vocab, (o.batch_size, T)),
                              torch.randint(0, vocab, (o.batch_size, T)))
-        self.clip = o.grad_clip
+        self.optim_cfg, self.steps_done = o, 0
         t0 = time.perf_counter()
         self.step()  # compiles, if asked
         self.first_step_s = time.perf_counter() - t0
@@ -93,15 +93,11 @@ class Variant:
         return 1000 * (time.perf_counter() - t0) / n
 
     def step(self) -> None:
-        """One training step as the trainer does it: forward, backward, clip, AdamW."""
-        x, y = self._batch()
-        with self.autocast:
-            _, loss = self.forward(x, y)
-        loss.backward()
-        if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        """One training step: the trainer's own ``train_step``."""
+        batches = iter(self._batch, None)  # an endless iterator over this variant's batches
+        train_step(self.forward, self.optimizer, batches, self.runtime, self.optim_cfg,
+                   self.steps_done)
+        self.steps_done += 1
 
     def time_round(self, steps: int) -> None:
         torch.set_num_threads(self.threads)

@@ -1,96 +1,16 @@
 """Evaluate tinylm checkpoints: loss, perplexity and bits per byte.
 
-    python scripts/evaluate.py CKPT [CKPT ...] [--data PATH_OR_SOURCE] [--json OUT]
-                               [--block-size N] [--batch-size N]
-    accelerate launch --config_file configs/accelerate/cpu-2proc.yaml scripts/evaluate.py ...
-
-CKPT is a checkpoint directory (step-<N>/), or a run directory or its checkpoints/ folder,
-which means all of its checkpoints, oldest first. Without --data each checkpoint is scored on
-the validation split its config.json records; with it, on that source (a text file, folder,
-glob or python-docs) tokenized with the checkpoint's own tokenizer. Prints a table; --json
-writes a list with one object per checkpoint (atomically). Under accelerate the blocks are
-shared out over the processes and only the main process prints and writes.
-Errors: one line "error: ..." on stderr, exit status 2.
+A thin shell over `tinylm evaluate` (tinylm/cli/); `python scripts/evaluate.py --help` for usage.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import os
 import sys
-from pathlib import Path
 
-import torch
-
-from tinylm.checkpoint import CheckpointError, find_checkpoints
-from tinylm.corpus import DataError, atomic_write
-from tinylm.cli import ArgumentParser
-from tinylm.evaluate import evaluate_checkpoint
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__.split("\n")[0], usage=__doc__.split("\n\n")[1].strip())
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
-    p.add_argument("--data", default=None, help="a source to score instead of the recorded val split")
-    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results here")
-    p.add_argument("--block-size", type=int, default=None, help="default: the model's context")
-    p.add_argument("--batch-size", type=int, default=16)
-    return p.parse_args(argv)
-
-
-def format_table(results: list[dict]) -> str:
-    """A fixed-width console table; the checkpoint column as wide as its longest name."""
-    head = ("checkpoint", "step", "loss", "ppl", "bits/byte", "tokens")
-    rows = [(r["checkpoint"], str(r["step"]), f"{r['loss']:.4f}", f"{r['perplexity']:.2f}",
-             f"{r['bits_per_byte']:.4f}", f"{r['tokens']:,}") for r in results]
-    width = max(len(r[0]) for r in [head, *rows])
-    line = "{:<%d}  {:>6}  {:>8}  {:>10}  {:>9}  {:>12}" % width
-    return "\n".join([line.format(*head), *(line.format(*r) for r in rows)])
-
-
-def make_accelerator():
-    """An Accelerator when launched as several processes (accelerate launch, torchrun), else
-    None: a plain run needs no process group, and skips accelerate's start-up."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import Accelerator
-
-    # cpu=True without CUDA: with a MULTI_GPU launch config that gives real gloo ranks
-    # (see configs/accelerate/cpu-2proc.yaml) instead of N independent processes.
-    return Accelerator(cpu=not torch.cuda.is_available())
+from tinylm.cli import main as tinylm
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    import datasets
-
-    datasets.disable_progress_bars()
-    accelerator = make_accelerator()
-    main_process = accelerator is None or accelerator.is_main_process
-    n_processes = 1 if accelerator is None else accelerator.num_processes
-    try:
-        ckpts = [c for arg in args.checkpoints for c in find_checkpoints(arg)]
-        results = [evaluate_checkpoint(c, args.data, block_size=args.block_size,
-                                       batch_size=args.batch_size, accelerator=accelerator)
-                   for c in ckpts]
-    except (CheckpointError, DataError, ValueError) as e:
-        if main_process:
-            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    finally:
-        if accelerator is not None:
-            accelerator.end_training()  # releases the process group: no abort at exit
-    if main_process:
-        data = args.data or "the recorded val splits"
-        print(f"evaluated {len(results)} checkpoint(s) on {data}, {n_processes} process(es)")
-        print(format_table(results))
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(args.json, json.dumps(results, indent=2) + "\n")
-    return 0
+    return tinylm(["evaluate", *argv])
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from workers
     sys.exit(main(sys.argv[1:]))

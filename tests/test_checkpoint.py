@@ -8,6 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tinylm import checkpoint as ckpt
+from tinylm.atomic import publish_dir
 from tinylm.autoencoder import TiedAutoencoder
 from tinylm.model import GPT, GPTConfig
 
@@ -81,23 +82,23 @@ def test_bad_files_give_one_line_errors(tmp_path):
         ckpt.read_config(tmp_path / "d")
 
 
-def test_checkpoint_dir_round_trip_publish_and_pruning(tmp_path):
+def test_checkpoint_dir_round_trip_and_publish(tmp_path):
     model = gpt()
     tok = tmp_path / "tokenizer.json"
     tok.write_text("{}")
     root = tmp_path / "checkpoints"
     root.mkdir()
     for step in (1, 2, 3):
-        tmp = ckpt.temp_dir_for(root, step)
+        tmp = root / f".step-{step}.tmp"
         tmp.mkdir()
-        ckpt.write_checkpoint_files(tmp, model, {"seed": 1}, tok, trainer_state={"step": step})
-        ckpt.publish(tmp, root, step, keep_last=2)
-    assert [p.name for p in sorted(root.iterdir())] == ["step-2", "step-3"]
+        ckpt.write_checkpoint(tmp, model, {"seed": 1}, tok, trainer_state={"step": step})
+        publish_dir(tmp, root / f"step-{step}")
+    assert [p.name for p in sorted(root.iterdir())] == ["step-1", "step-2", "step-3"]
     assert ckpt.latest_checkpoint(root).name == "step-3"
-    assert ckpt.find_checkpoints(tmp_path) == [root / "step-2", root / "step-3"]
+    assert ckpt.find_checkpoints(tmp_path) == [root / f"step-{s}" for s in (1, 2, 3)]
     loaded, cfg = ckpt.load_model(root / "step-3")
     assert cfg["ties"] == [["embed_tokens.weight", "lm_head.weight"]] and not loaded.training
     assert ckpt.read_trainer_state(root / "step-3")["step"] == 3
     # an unfinished temp dir is never mistaken for a checkpoint
-    ckpt.temp_dir_for(root, 4).mkdir()
+    (root / ".step-4.tmp").mkdir()
     assert ckpt.latest_checkpoint(root).name == "step-3"

@@ -477,9 +477,16 @@ def run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_prepare_script_defaults_and_run(text_file: Path, tmp_path: Path) -> None:
-    script = load_script("prepare_data")
-    assert script.config_from_args([]) == DataConfig()  # no arguments: python-docs into data/
-    assert script.config_from_args(["--out-dir", "x"]).dir == "x"  # old spelling of --dir
+    from tinylm.cli import build_parser
+    from tinylm.cli.data import data_config
+    from tinylm.config import load_config
+
+    def config(*argv):
+        return data_config(build_parser().parse_args(["prepare", *argv]))
+
+    assert config() == load_config().data  # no arguments: the default preset's data section
+    assert config("--out-dir", "x").dir == "x"  # old spelling of --dir
+    assert config("tiny", "data.vocab_size=300") == DataConfig(vocab_size=300)  # tiny's data
     out = tmp_path / "out"
     proc = run_script("prepare_data", "--source", str(text_file), "--vocab-size", "300",
                       "--val-fraction", "0.2", "--dir", str(out), cwd=tmp_path)
@@ -492,10 +499,8 @@ def test_prepare_script_defaults_and_run(text_file: Path, tmp_path: Path) -> Non
 
 
 def test_train_tokenizer_script(text_file: Path, tmp_path: Path) -> None:
-    defaults = load_script("train_tokenizer").DEFAULTS  # spelled out there to avoid torch
-    assert defaults == {k: getattr(DataConfig(), k) for k in defaults}
-    out = tmp_path / "tok.json"
-    proc = run_script("train_tokenizer", "--source", str(text_file), "--vocab-size", "300",
+    out = tmp_path / "tok.json"  # flags and dotted overrides are the same keys
+    proc = run_script("train_tokenizer", f"data.source={text_file}", "--vocab-size", "300",
                       "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     tok = Tokenizer.load(out)
@@ -508,7 +513,6 @@ def test_scripts_print_one_error_line_and_exit_2(tmp_path: Path, capsys) -> None
     bad.write_bytes(b"ok \xff")
     expected = [f"error: {bad}: not valid UTF-8 at byte 3"]
     # a real process for one script (exit status, no traceback), in-process for the other
-    # (train_tokenizer in the subprocess: it does not import torch, so it starts in ~2 s)
     proc = run_script("train_tokenizer", "--source", str(bad), "--data-dir", str(tmp_path / "d"),
                       cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr

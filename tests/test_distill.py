@@ -1,4 +1,4 @@
-"""tinylm.distill: the loss's limits (alpha 0 and 1, equal models), masking, padded vocabs,
+"""tinylm.distill: the loss's limits (alpha 0 and 1, equal models), masking, vocab agreement,
 where gradients go, and the frozen teacher loaded from a real checkpoint."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import write_corpus
-from tinylm.checkpoint import write_checkpoint_files
+from tinylm.checkpoint import write_checkpoint
 from tinylm.distill import (DistillConfig, TokenizerMismatchError, distill_forward, distill_loss,
                             load_teacher, require_same_tokenizer)
 from tinylm.model import GPT, GPTConfig
@@ -89,13 +89,11 @@ def test_padding_positions_count_in_neither_term():
     assert torch.equal(loss, base) and torch.equal(parts["kl"], base_parts["kl"])
 
 
-def test_padded_teacher_vocab_uses_the_common_prefix():
+def test_logits_of_different_vocabularies_are_refused():
     x, y = batch()
     s, t = gpt(0)(x), gpt(1)(x)
-    padded = torch.cat([t, torch.full((*t.shape[:-1], 64), 30.0)], dim=-1)  # junk pad columns
-    a, _ = distill_loss(s, t, y, alpha=0.7, temperature=2.0)
-    b, _ = distill_loss(s, padded, y, alpha=0.7, temperature=2.0)
-    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="disagree"):
+        distill_loss(s, t[..., :-1], y, alpha=0.7, temperature=2.0)
 
 
 def test_gradient_reaches_the_student_only():
@@ -165,17 +163,17 @@ def tokenizers(tmp_path_factory):
 
 @pytest.fixture
 def teacher_run(tmp_path, tokenizers):
-    """run/checkpoints/step-3 holding a 320-vocab teacher and tokenizer a."""
+    """run/checkpoints/step-3 holding a teacher of tokenizer a's 300 tokens."""
     ckpt = tmp_path / "run" / "checkpoints" / "step-3"
     ckpt.mkdir(parents=True)
-    model = gpt(7, n_layer=3, vocab_size=320)
-    write_checkpoint_files(ckpt, model, {}, tokenizers[0], trainer_state={"step": 3}, extra={"step": 3})
+    model = gpt(7, n_layer=3, vocab_size=300)
+    write_checkpoint(ckpt, model, {}, tokenizers[0], trainer_state={"step": 3}, extra={"step": 3})
     return tmp_path / "run", model
 
 
 def test_load_teacher_is_frozen_in_eval_mode(teacher_run, tokenizers):
     run, original = teacher_run
-    teacher = load_teacher(run, "cpu", student_vocab_size=320, tokenizer_path=tokenizers[0])
+    teacher = load_teacher(run, "cpu", student_vocab_size=300, tokenizer_path=tokenizers[0])
     assert not teacher.training and all(not m.training for m in teacher.modules())
     assert all(not p.requires_grad for p in teacher.parameters())
     assert teacher.lm_head.weight is teacher.embed_tokens.weight
@@ -188,15 +186,15 @@ def test_tokenizer_mismatch_names_both_files(teacher_run, tokenizers):
     run, _ = teacher_run
     a = run / "checkpoints" / "step-3" / "tokenizer.json"
     with pytest.raises(TokenizerMismatchError) as e:
-        load_teacher(run, "cpu", student_vocab_size=320, tokenizer_path=tokenizers[1])
+        load_teacher(run, "cpu", student_vocab_size=300, tokenizer_path=tokenizers[1])
     assert isinstance(e.value, ValueError)
     assert str(e.value) == (f"tokenizer mismatch: {a} (300 tokens) and {tokenizers[1]} (300 tokens) "
                             "are different tokenizers, so the same id means different tokens")
     require_same_tokenizer(a, tokenizers[0])  # the copy in the checkpoint is the same tokenizer
 
 
-def test_student_vocab_too_small_for_the_tokenizer(teacher_run, tokenizers):
+def test_student_vocab_not_the_tokenizers(teacher_run, tokenizers):
     run, _ = teacher_run
-    with pytest.raises(ValueError, match=r"300 tokens, but the teacher's vocab_size is 320 and "
+    with pytest.raises(ValueError, match=r"300 tokens, but the teacher's vocab_size is 300 and "
                                          r"the student's 256"):
         load_teacher(run, "cpu", student_vocab_size=256, tokenizer_path=tokenizers[0])

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from helpers import REPO, env, write_corpus
-from tinylm.checkpoint import CheckpointError, find_checkpoints, load_model
+from tinylm.checkpoint import (CheckpointError, find_checkpoints, init_from, init_model_config,
+                               load_model)
 from tinylm.distill import TokenizerMismatchError
 from tinylm.evaluate import evaluate_checkpoint, load_for_inference
 from tinylm.model import GPT, GPTConfig
-from tinylm.student import init_from, init_model_config, make_student, select_layers
+from tinylm.student import make_student, select_layers
 from tinylm.tokenizer import Tokenizer
 from tinylm.tying import check_ties
 from tinylm.weights import get_weights
@@ -228,7 +229,7 @@ def test_make_student_script_writes_a_loadable_checkpoint(trained, tmp_path, cap
     result = evaluate_checkpoint(out)
     assert result["step"] == 0 and result["tokens"] > 0 and result["loss"] > 0
     _, tokenizer, _ = load_for_inference(out)
-    assert tokenizer.vocab_size <= student.config.vocab_size
+    assert tokenizer.vocab_size == student.config.vocab_size
 
     # what a run with checkpoint.init_from=<out> does
     model = GPT(init_model_config(out, vocab_size=student.config.vocab_size))
@@ -248,7 +249,7 @@ def test_make_student_script_narrow(trained, tmp_path, capsys):
 @pytest.mark.parametrize("case, args, message", [
     ("bad-layers", ["--layers", "0,9"], "error: layers='0,9': layer 9 is out of range"),
     ("bad-width", ["--layers", "every:2", "--n-embd", "20"], "error: n_embd=20: must be a positive multiple"),
-    ("occupied", ["--layers", "every:2"], "error: --out {out}: exists and is not an empty directory"),
+    ("occupied", ["--layers", "every:2"], "error: {out}: exists and is not an empty directory"),
     ("no-teacher", ["--layers", "every:2"], "error: {teacher}: not a checkpoint"),
     ("no-layers", [], "error: the following arguments are required: --layers"),
 ])

@@ -49,7 +49,7 @@ def test_end_of_text_token(tok: Tokenizer) -> None:
 def test_vocab_size_and_training_is_deterministic(tok: Tokenizer) -> None:
     assert tok.vocab_size == 500
     again = Tokenizer.train([corpus_text(60_000, seed=s) for s in range(3)], vocab_size=500)
-    assert again.fingerprint() == tok.fingerprint()
+    assert again.content_hash() == tok.content_hash()
     text = corpus_text(2000, seed=9)
     assert len(tok.encode(text)) < len(text.encode()) / 2  # it learned merges, not just bytes
 
@@ -75,7 +75,7 @@ def test_save_load_round_trip(tok: Tokenizer, tmp_path: Path) -> None:
     path = tmp_path / "tokenizer.json"
     tok.save(path)
     loaded = Tokenizer.load(path)
-    assert loaded.fingerprint() == tok.fingerprint()
+    assert loaded.content_hash() == tok.content_hash()
     assert (loaded.vocab_size, loaded.eot_id) == (tok.vocab_size, tok.eot_id)
     text = f"saved {EOT} and loaded 🙂"
     assert loaded.encode(text) == tok.encode(text) and loaded.decode(loaded.encode(text)) == text
@@ -89,7 +89,7 @@ def test_save_is_atomic(tok: Tokenizer, tmp_path: Path, monkeypatch) -> None:
 
     def crash(src, dst):
         assert Path(src).parent == Path(dst).parent and Path(src) != Path(dst)
-        assert Tokenizer.load(src).fingerprint() == tok.fingerprint()  # complete before rename
+        assert Tokenizer.load(src).content_hash() == tok.content_hash()  # complete before rename
         raise OSError("disk gone")
 
     monkeypatch.setattr(os, "replace", crash)

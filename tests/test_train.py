@@ -18,7 +18,8 @@ from tinylm.config import OptimConfig, load_config
 from tinylm.data import EvalBlocks
 from tinylm.evaluate import evaluate
 from tinylm.model import GPT, GPTConfig
-from tinylm.train import TrainHooks, TrainingDiverged, build_optimizer, lr_at, train
+from tinylm.optim import build_optimizer, lr_at
+from tinylm.train import TrainHooks, TrainingDiverged, train
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, corpus):
             with torch.no_grad():
                 model.norm.weight.fill_(float("nan"))
 
-    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 12.*step-10"):
+    with pytest.raises(TrainingDiverged, match=r"loss is nan \(gradient norm nan\) at step 12.*step-10"):
         run(tmp_path, corpus, TrainHooks(after_step=poison), **{"optim.max_steps": 20})
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["step-10"]  # nothing after the bad step, no temp dirs left behind
@@ -190,7 +191,7 @@ def test_init_from_a_student_checkpoint(tmp_path, corpus):
     student, report = make_student(teacher, "every:2")
     out = tmp_path / "student"
     out.mkdir()
-    ckpt.write_checkpoint_files(out, student, cfg["train"], teacher_dir / ckpt.TOKENIZER_FILE)
+    ckpt.write_checkpoint(out, student, cfg["train"], teacher_dir / ckpt.TOKENIZER_FILE)
     captured = {}
 
     def first_step(model, step):

@@ -50,7 +50,7 @@ def test_two_processes_train_and_pass_the_sync_check(tmp_path, corpus):
     assert losses[-1] < losses[0] - 0.3
     # the LR follows optimizer steps, not per-process scheduler steps (the prepared-scheduler trap)
     from tinylm.config import load_config
-    from tinylm.train import lr_at
+    from tinylm.optim import lr_at
     o = load_config("configs/tiny.yaml", ["optim.max_steps=30"]).optim
     for r in records:
         if r["kind"] == "train":

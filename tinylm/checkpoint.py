@@ -1,28 +1,31 @@
-"""Checkpoints: safetensors weights with each tie group stored once, plus what re-creates it.
+"""Checkpoints: what one is, how it is written, found, loaded, resumed and started from.
 
 A checkpoint is a directory::
 
     step-<N>/
       model.safetensors    each tie group ONCE, under its source name (embed_tokens.weight)
-      config.json          model config, the tie groups, the training config, step
+      config.json          format, model config, the tie groups, the training config, step
       tokenizer.json       so evaluate/generate need nothing else
-      trainer_state.json   step, data position, wandb run id (training resume only)
-      state/               accelerate's optimizer, and RNG state (training resume only)
+      trainer_state.json   TrainState: step, tokens, data position, tracker id (resume only)
+      state/               accelerate's optimizer and RNG of every process (resume only)
 
 safetensors refuses tensors that share memory, and rightly: a file cannot say "these two are
 one". So we drop the aliases on save, record the groups in the header and in config.json, and
-re-create the ties by building the model from its config before loading. Loading checks that
-the ties in the file are the ties the model has, so a tied file never silently loads as an
-untied model or the reverse.
+re-create the ties by building the model from its config before loading. Every load (resume,
+evaluate, generate, ``init_from``, a teacher) checks in one place that the ties in the file are
+the ties the model has, so a tied file never silently loads as an untied model or the reverse.
 
-Everything is written under a temporary name and renamed into place, so a crash mid-save never
-leaves a half-written checkpoint where resume would find it.
+Everything is assembled under a temporary name and renamed into place (``tinylm.atomic``), so a
+crash mid-save never leaves a half-written checkpoint where resume would find it.
+
+Format 2 (this one): ``model.vocab_size`` is the tokenizer's size and the model pads its own
+matrix. Format 1 stored the padded size; such checkpoints still load (their vocab_size is
+read back from their tokenizer.json).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -31,7 +34,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from tinylm.atomic import atomic_dir, atomic_path, atomic_write, publish_dir
+from tinylm.corpus import DataError
 from tinylm.model import GPT, GPTConfig
+from tinylm.tokenizer import Tokenizer
 from tinylm.tying import check_ties, tied_groups
 
 MODEL_FILE = "model.safetensors"
@@ -39,7 +45,8 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 STATE_DIR = "state"
-FORMAT = "tinylm-checkpoint-1"
+CHECKPOINT_FORMAT = "tinylm-checkpoint-2"
+_FORMAT_1 = "tinylm-checkpoint-1"  # vocab_size was the padded size
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
 
@@ -47,6 +54,8 @@ _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, truncated or inconsistent; names the file."""
 
+
+# -- weights -----------------------------------------------------------------------------------
 
 def _canonical(group: list[str]) -> str:
     """The name a tie group is stored under: a plain weight, not a parametrization alias."""
@@ -62,19 +71,11 @@ def weights_for_saving(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor],
     return tensors, groups
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_model(model: torch.nn.Module, path: str | Path) -> None:
     """Write model.safetensors: unique tensors, tie groups in the header (atomic)."""
-    path = Path(path)
     tensors, groups = weights_for_saving(model)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "tinylm_ties": json.dumps(groups)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "tinylm_ties": json.dumps(groups)})
 
 
 def _strip_wrappers(name: str) -> str:
@@ -102,19 +103,20 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], list[list[s
     return tensors, [[_strip_wrappers(n) for n in g] for g in groups]
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load model.safetensors into ``model`` in place, ties included, strictly.
+def _require_same_ties(path: Path, file_groups: list[list[str]], model: torch.nn.Module) -> None:
+    """The one tie check on load: the file's groups must be the model's (a mismatch is the
+    transformers failure where a round trip gives a random head)."""
+    if sorted(map(sorted, file_groups)) != tied_groups(model):
+        raise CheckpointError(f"{path}: file ties {file_groups} but the model built from its "
+                              f"config ties {tied_groups(model)}")
 
-    The file's tie groups must equal the model's: a mismatch means the config and the file
-    disagree (the transformers failure where a round trip gives a random head), so we raise.
-    """
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load model.safetensors into ``model`` in place, ties included, strictly."""
+    path = Path(path)
     tensors, file_groups = read_weights(path)
+    _require_same_ties(path, file_groups, model)
     model_groups = tied_groups(model)
-    if sorted(map(sorted, file_groups)) != model_groups:
-        raise CheckpointError(
-            f"{path}: file ties {file_groups} but the model built from its config ties "
-            f"{model_groups}"
-        )
     for group in model_groups:
         name = _canonical(group)
         if name not in tensors:
@@ -132,7 +134,10 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     check_ties(model, expected=model_groups)
 
 
+# -- config and model ------------------------------------------------------------------------
+
 def read_config(ckpt: str | Path) -> dict:
+    """config.json of a checkpoint, upgraded to the current format."""
     path = Path(ckpt) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file (is {ckpt} a tinylm checkpoint?)")
@@ -140,36 +145,56 @@ def read_config(ckpt: str | Path) -> dict:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if cfg.get("format") != FORMAT or "model" not in cfg:
-        raise CheckpointError(f"{path}: not a {FORMAT} config (format={cfg.get('format')!r})")
+    if cfg.get("format") == _FORMAT_1 and "model" in cfg:
+        return _upgrade_format_1(Path(ckpt), cfg)
+    if cfg.get("format") != CHECKPOINT_FORMAT or "model" not in cfg:
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} config (format={cfg.get('format')!r})")
     return cfg
+
+
+def _upgrade_format_1(ckpt: Path, cfg: dict) -> dict:
+    """Format 1 stored the trainer-padded vocab; the tokenizer beside it has the real size."""
+    try:
+        n_tokens = Tokenizer.load(ckpt / TOKENIZER_FILE).vocab_size
+    except DataError as e:
+        raise CheckpointError(f"{ckpt}: format 1 checkpoint: {e}") from None
+    stored = cfg["model"].get("vocab_size")
+    if stored != 64 * -(-n_tokens // 64):
+        raise CheckpointError(
+            f"{ckpt / CONFIG_FILE}: format 1 checkpoint with vocab_size={stored}, which is not its "
+            f"tokenizer's {n_tokens} padded to 64; load it with tinylm 0.1 and re-save its "
+            "weights into a model of vocab_size={n_tokens}")
+    return {**cfg, "format": CHECKPOINT_FORMAT, "model": {**cfg["model"], "vocab_size": n_tokens}}
+
+
+def model_config(ckpt: str | Path) -> GPTConfig:
+    """The architecture a checkpoint (or a run dir's latest) holds."""
+    ckpt = resolve_checkpoint(ckpt)
+    try:
+        return GPTConfig(**read_config(ckpt)["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt / CONFIG_FILE}: bad model config ({e})") from None
 
 
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
     """Build the GPT a checkpoint describes and load its weights: (model in eval mode, config)."""
-    cfg = read_config(ckpt)
-    try:
-        model_cfg = GPTConfig(**cfg["model"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{Path(ckpt) / CONFIG_FILE}: bad model config ({e})") from None
-    model = GPT(model_cfg)
+    model = GPT(model_config(ckpt))
     load_weights(model, Path(ckpt) / MODEL_FILE)
-    return model.to(device).eval(), cfg
+    return model.to(device).eval(), read_config(ckpt)
 
 
-def write_checkpoint_files(
-    ckpt_dir: str | Path, model: GPT, train_config: dict, tokenizer_path: str | Path,
-    trainer_state: dict | None = None, extra: dict | None = None,
-) -> None:
+def write_checkpoint(ckpt_dir: str | Path, model: GPT, train_config: dict,
+                     tokenizer_path: str | Path, trainer_state: dict | None = None,
+                     extra: dict | None = None) -> None:
     """Model, config and tokenizer (and trainer state) into an existing directory."""
     ckpt_dir = Path(ckpt_dir)
     save_model(model, ckpt_dir / MODEL_FILE)
-    config = {"format": FORMAT, "model": model.config.to_dict(), "ties": tied_groups(model),
-              "train": train_config, **(extra or {})}
-    _atomic_write_text(ckpt_dir / CONFIG_FILE, json.dumps(config, indent=2))
+    config = {"format": CHECKPOINT_FORMAT, "model": model.config.to_dict(),
+              "ties": tied_groups(model), "train": train_config, **(extra or {})}
+    atomic_write(ckpt_dir / CONFIG_FILE, json.dumps(config, indent=2))
     shutil.copyfile(tokenizer_path, ckpt_dir / TOKENIZER_FILE)
     if trainer_state is not None:
-        _atomic_write_text(ckpt_dir / TRAINER_STATE_FILE, json.dumps(trainer_state, indent=2))
+        atomic_write(ckpt_dir / TRAINER_STATE_FILE, json.dumps(trainer_state, indent=2))
 
 
 def read_trainer_state(ckpt_dir: str | Path) -> dict:
@@ -178,6 +203,18 @@ def read_trainer_state(ckpt_dir: str | Path) -> dict:
         raise CheckpointError(f"{path}: no such file (checkpoint cannot resume training)")
     return json.loads(path.read_text())
 
+
+def publish_student(out: Path, student: GPT, train_config: dict, tokenizer_path: Path,
+                    extra: dict) -> None:
+    """Write a student (or any untrained-here model) as a checkpoint directory ``out``, which
+    must not exist or be empty; assembled aside and renamed into place."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: exists and is not an empty directory")
+    with atomic_dir(out) as tmp:
+        write_checkpoint(tmp, student, train_config, tokenizer_path, extra={"step": 0, **extra})
+
+
+# -- finding checkpoints --------------------------------------------------------------------
 
 def step_dirs(root: str | Path) -> list[tuple[int, Path]]:
     """Complete step-<N> checkpoint directories under ``root``, oldest first."""
@@ -193,23 +230,6 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return dirs[-1][1] if dirs else None
 
 
-def temp_dir_for(root: str | Path, step: int) -> Path:
-    """Where a checkpoint is assembled before :func:`publish` renames it into place."""
-    return Path(root) / f".step-{step}.tmp"
-
-
-def publish(tmp: Path, root: str | Path, step: int, keep_last: int) -> Path:
-    """Rename a finished temp dir to step-<N>, then delete all but the newest ``keep_last``."""
-    final = Path(root) / f"step-{step}"
-    if final.exists():  # re-saving the same step (e.g. after resume): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    if keep_last > 0:
-        for _, old in step_dirs(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
 def find_checkpoints(path: str | Path) -> list[Path]:
     """A checkpoint dir -> [it]; a run dir or checkpoints/ dir -> all its step dirs, in order."""
     path = Path(path)
@@ -220,3 +240,111 @@ def find_checkpoints(path: str | Path) -> list[Path]:
         if dirs:
             return [p for _, p in dirs]
     raise CheckpointError(f"{path}: not a checkpoint, a run directory, or a checkpoints/ directory")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir -> it; a run dir or checkpoints/ dir -> its latest checkpoint."""
+    return find_checkpoints(path)[-1]
+
+
+def resolve_resume(choice: str, ckpt_root: Path) -> Path | None:
+    """``checkpoint.resume``: "" -> None, "auto" -> the latest under ``ckpt_root`` (None if
+    there is none yet), a path -> that checkpoint (an error if it is none)."""
+    if not choice:
+        return None
+    if choice == "auto":
+        return latest_checkpoint(ckpt_root)
+    if not (Path(choice) / CONFIG_FILE).is_file():
+        raise CheckpointError(f"checkpoint.resume={choice}: not a checkpoint directory")
+    return Path(choice)
+
+
+# -- starting from a checkpoint's weights ----------------------------------------------------
+
+def init_from(model: GPT, path: str | Path, tokenizer_path: str | Path):
+    """Overwrite every weight of ``model`` with checkpoint ``path``'s (a checkpoint dir, or a
+    run dir's latest). Weights only: no optimizer state, no step (that is resume's job).
+
+    The checkpoint must hold exactly ``model``'s tensors with the same shapes and ties, and its
+    tokenizer.json must be the run's ``tokenizer_path`` (the same ids), else
+    ``CheckpointError``/``TokenizerMismatchError``, one line each. Returns a ``CopyReport``.
+    """
+    from tinylm.distill import require_same_tokenizer
+    from tinylm.weights import set_weights
+
+    ckpt = resolve_checkpoint(path)
+    require_same_tokenizer(ckpt / TOKENIZER_FILE, tokenizer_path)
+    tensors, file_groups = read_weights(ckpt / MODEL_FILE)
+    _require_same_ties(ckpt / MODEL_FILE, file_groups, model)
+    try:
+        report = set_weights(model, tensors, strict=True)
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: {e}") from None
+    if report.missing:
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: no tensor for {report.missing[0]} "
+                              f"({len(report.missing)} missing); is it this architecture?")
+    check_ties(model)
+    report.title = f"init_from {ckpt}"
+    return report
+
+
+def init_model_config(path: str | Path, vocab_size: int | None = None) -> GPTConfig:
+    """The architecture a run that starts from checkpoint ``path``'s weights must build.
+    ``vocab_size``, the run's tokenizer's, must match the checkpoint's, or ``CheckpointError``."""
+    cfg = model_config(path)
+    if vocab_size is not None and vocab_size != cfg.vocab_size:
+        raise CheckpointError(f"{resolve_checkpoint(path)}: vocab_size {cfg.vocab_size}, but this "
+                              f"run's tokenizer gives {vocab_size}")
+    return cfg
+
+
+# -- the trainer's checkpointer ---------------------------------------------------------------
+
+class Checkpointer:
+    """Saves and restores a training run under ``<run_dir>/checkpoints`` and decides when.
+
+    ``save`` is collective (every process calls it): accelerate writes the optimizer and every
+    process's RNG into the temp dir, the main process adds the model, config, tokenizer and
+    trainer state, then renames the whole into ``step-<N>`` and prunes to ``keep_last``.
+    """
+
+    def __init__(self, run_dir: Path, accelerator, interval: int, keep_last: int) -> None:
+        self.root = Path(run_dir) / "checkpoints"
+        self.accelerator, self.interval, self.keep_last = accelerator, interval, keep_last
+        if accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+        # Our model.safetensors holds the weights (ties stored once); accelerate keeps the rest.
+        accelerator.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
+        accelerator.register_load_state_pre_hook(lambda models, inp: models.clear())
+
+    def due(self, step: int, max_steps: int) -> bool:
+        return bool(self.interval) and step % self.interval == 0 and step < max_steps
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.root)
+
+    def save(self, step: int, model: GPT, train_config: dict, tokenizer_path: Path,
+             trainer_state: dict, extra: dict) -> Path:
+        acc, final = self.accelerator, self.root / f"step-{step}"
+        tmp = self.root / f".step-{step}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / STATE_DIR))  # optimizer, RNG of every process
+        if acc.is_main_process:
+            write_checkpoint(tmp, model, train_config, tokenizer_path, trainer_state,
+                             {"step": step, **extra})
+            publish_dir(tmp, final)
+            if self.keep_last > 0:
+                for _, old in step_dirs(self.root)[:-self.keep_last]:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def restore(self, ckpt: Path, model: GPT) -> dict:
+        """Weights into ``model``, optimizer and RNG through accelerate; returns the trainer
+        state saved with them."""
+        load_weights(model, ckpt / MODEL_FILE)
+        self.accelerator.load_state(str(ckpt / STATE_DIR))
+        return read_trainer_state(ckpt)

@@ -5,11 +5,16 @@ it (with the closest valid key), never a silently ignored setting. The resolved 
 with each run and each checkpoint.
 
     cfg = load_config("configs/tiny.yaml", ["model.n_layer=6", "run_dir=runs/x"])
+    cfg = load_config("tiny")   # a preset, by name, from any directory
+
+Presets are the YAML files in the checkout's ``configs/``, installed as the package data
+``tinylm.configs`` (pyproject.toml), so they are found without a checkout too.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -17,11 +22,12 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from tinylm.atomic import atomic_write
 from tinylm.data import DataConfig
 from tinylm.distill import DistillConfig
 from tinylm.model import GPTConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DEFAULT_PRESET = "default"
 
 
 class ConfigError(ValueError):
@@ -119,13 +125,32 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig, where: str) -> Con
     return ConfigError(f"{where}: bad value for '{full_key}': {msg}")
 
 
+def presets_dir() -> Path:
+    """Where the presets are: the checkout's configs/, or the installed tinylm.configs."""
+    return Path(str(importlib.resources.files("tinylm.configs")))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def resolve_config_path(name: str | Path | None) -> Path:
+    """A YAML file's path, or a preset's name ("tiny", "tiny.yaml"); None is the default."""
+    path = Path(name) if name else presets_dir() / f"{DEFAULT_PRESET}.yaml"
+    if path.is_file():
+        return path
+    preset = presets_dir() / f"{path.name.removesuffix('.yaml')}.yaml"
+    if name and Path(name).name == str(name) and preset.is_file():
+        return preset
+    raise ConfigError(f"{path}: config file not found, and no preset of that name "
+                      f"(presets: {', '.join(preset_names())})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults < YAML file < ``key.sub=value`` overrides; returns a validated TrainConfig."""
+    """Defaults < YAML file (or preset) < ``key.sub=value`` overrides; a validated TrainConfig."""
     schema = OmegaConf.structured(TrainConfig)
     cfg = schema
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    path = resolve_config_path(path)
     try:
         file_cfg = OmegaConf.load(path)
     except Exception as e:  # yaml errors carry the line and column
@@ -154,8 +179,5 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically: temp name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    tmp.replace(path)
+    """Write the resolved config as YAML, atomically."""
+    atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -45,13 +45,14 @@ import json
 import os
 import sys
 import sysconfig
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
 import datasets
 from tqdm.auto import tqdm
+
+from tinylm.atomic import atomic_write
 
 CHUNK_BYTES = 1 << 14  # bytes read per step, and the row size of text files (see above)
 TABLE_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
@@ -74,19 +75,6 @@ def normalize_newlines(text: str) -> str:
 def normalize(text: str) -> str:
     """What every document goes through: strip a leading BOM, CRLF/CR -> LF."""
     return normalize_newlines(text[1:] if text.startswith("\ufeff") else text)
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write a file so readers see the old one or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- python-docs ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Data: a source becomes a tokenizer and two flat token files; batches are cut from those.
 
-``prepare(cfg)`` writes, under ``<cfg.dir>/<source>-v<vocab_size>-<fingerprint>/``::
+``prepare(cfg)`` writes, under ``<cfg.dir>/<source>-v<vocab_size>-<key>/``::
 
     tokenizer.json   byte-level BPE trained on the source (not on a separate val_source)
     train.bin        token ids, uint16 when the vocab < 65536 else uint32, each document
@@ -8,9 +8,9 @@
     val.bin          the last ``val_fraction`` of that token stream (nanoGPT's split), or the
                      whole ``val_source`` when one is given
     meta.json        vocab_size, eot_id, dtype, tokens and UTF-8 bytes of each split, source,
-                     the config fingerprint (written last: its presence means "complete")
+                     the prepared key (written last: its presence means "complete")
 
-The fingerprint covers the config and the source's identity (file sizes and mtimes, the Python
+The prepared key covers the config and the source's identity (file sizes and mtimes, the Python
 version for python-docs, the name for a Hub dataset), so a second ``prepare`` with the same
 config reuses the directory in milliseconds and any change prepares a new one (old ones stay
 valid for the checkpoints that name them; delete them freely). Tokenizing is a batched
@@ -29,9 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -44,13 +42,13 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tinylm.corpus import (DataError, atomic_write, describe, document_texts, load_documents,
-                           normalize)
+from tinylm.atomic import atomic_file, atomic_write
+from tinylm.corpus import DataError, describe, document_texts, load_documents, normalize
 from tinylm.tokenizer import Tokenizer
 
 __all__ = ["DataConfig", "DataError", "EvalBlocks", "PreparedData", "TrainBatches", "prepare"]
 
-FORMAT = 1  # bump when the prepared layout changes, so old dirs are not reused
+PREPARED_FORMAT = 1  # bump when the prepared layout changes, so old dirs are not reused
 
 
 @dataclass
@@ -106,20 +104,20 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
-def fingerprint(cfg: DataConfig) -> str:
+def prepared_key(cfg: DataConfig) -> str:
     """What makes a prepared dir reusable: every field that changes its bytes."""
     keys = {k: v for k, v in asdict(cfg).items() if k not in ("dir", "tokenize_batch")}
     if cfg.val_source:
         keys.pop("val_fraction")
-    info = {"format": FORMAT, "tokenizers": tokenizers.__version__, "cfg": keys,
+    info = {"format": PREPARED_FORMAT, "tokenizers": tokenizers.__version__, "cfg": keys,
             "source": describe(cfg.source),
             "val": describe(cfg.val_source) if cfg.val_source else None}
     return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def prepared_dir(cfg: DataConfig) -> Path:
-    """``<dir>/<name>-v<vocab>-<fingerprint>``: the name is the file or folder name (the last
-    part without wildcards for a glob, ``owner_name`` for a Hub dataset); the fingerprint
+    """``<dir>/<name>-v<vocab>-<key>``: the name is the file or folder name (the last
+    part without wildcards for a glob, ``owner_name`` for a Hub dataset); the key
     keeps two sources with the same name apart."""
     if Path(cfg.source).expanduser().exists() or any(c in cfg.source for c in "*?["):
         parts = [p for p in Path(cfg.source).parts if not any(c in p for c in "*?[")]
@@ -127,11 +125,11 @@ def prepared_dir(cfg: DataConfig) -> Path:
     else:
         name = cfg.source
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_.")[-40:] or "corpus"
-    return Path(cfg.dir) / f"{slug}-v{cfg.vocab_size}-{fingerprint(cfg)[:8]}"
+    return Path(cfg.dir) / f"{slug}-v{cfg.vocab_size}-{prepared_key(cfg)[:8]}"
 
 
 def _reusable_meta(out: Path, fp: str) -> Optional[dict]:
-    """meta.json if the dir is complete for fingerprint ``fp`` (files present, sizes right)."""
+    """meta.json if the dir is complete for prepared key ``fp`` (files present, sizes right)."""
     try:
         meta = json.loads((out / "meta.json").read_text())
         item = np.dtype(meta["dtype"]).itemsize
@@ -150,7 +148,7 @@ def tokenize_rows(rows: datasets.Dataset, tok: Tokenizer, batch_size: int, dtype
                   cache_dir: Optional[str | Path] = None) -> datasets.Dataset:
     """rows -> rows of ``ids``, each document's last row followed by EOT (empty documents give
     nothing). A batched ``map`` whose arrow file is cached under HF_HOME (never inside the
-    source), keyed by the rows' and the tokenizer's fingerprints."""
+    source), keyed by the rows' fingerprint and the tokenizer's content hash."""
     eot, raw = tok.eot_id, "doc_end" not in rows.column_names
 
     def encode(b: dict) -> dict:
@@ -159,7 +157,7 @@ def tokenize_rows(rows: datasets.Dataset, tok: Tokenizer, batch_size: int, dtype
         ids = tok.encode_batch(texts)
         return {"ids": [x + [eot] if end and t else x for x, t, end in zip(ids, texts, ends)]}
 
-    key = f"{FORMAT}-{rows._fingerprint}-{tok.fingerprint()}-{dtype}"
+    key = f"{PREPARED_FORMAT}-{rows._fingerprint}-{tok.content_hash()}-{dtype}"
     fp = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "tinylm"
     cache = root / f"tokens-{fp}.arrow"
@@ -180,16 +178,14 @@ def _write_splits(streams: list[tuple[datasets.Dataset, list[tuple[Path, int]]]]
                   dtype: np.dtype, progress: bool) -> dict[str, dict]:
     """Stream ids from each tokenized dataset into its files in order: the first n0 ids into the
     first file, the next n1 into the second... Chunks of rows, never the whole corpus."""
-    token_bytes, stats, tmps = tok.token_bytes(), {}, {}
+    token_bytes, stats = tok.token_bytes(), {}
     total = sum(n for _, files in streams for _, n in files)
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc="writing", disable=not progress)
-    try:
+    with bar, contextlib.ExitStack() as files_open:
         for tokenized, files in streams:
             handles = []
             for path, n in files:
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-                tmps[path] = Path(tmp)
-                handles.append((os.fdopen(fd, "wb"), path, n))
+                handles.append((files_open.enter_context(atomic_file(path)), path, n))
                 stats[path.stem] = {"tokens": 0, "bytes": 0, "documents": 0}
             i = 0
             for table in tokenized.with_format("arrow").iter(batch_size=256):
@@ -205,21 +201,13 @@ def _write_splits(streams: list[tuple[datasets.Dataset, list[tuple[Path, int]]]]
                     bar.update(part.size)
                     if s["tokens"] == n:
                         i += 1
-            for f, _, _ in handles:
-                f.close()
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
-    finally:
-        bar.close()
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
     return stats
 
 
 # -- prepare -----------------------------------------------------------------------------------
 
 def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False) -> PreparedData:
-    fp, out = fingerprint(cfg), prepared_dir(cfg)
+    fp, out = prepared_key(cfg), prepared_dir(cfg)
     meta = _reusable_meta(out, fp)
     if meta is not None:
         return PreparedData(out, meta)
@@ -257,7 +245,7 @@ def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False) -> Prepa
                         f"{n_train} train and {n_val} val tokens (each needs >= 2)")
     stats = _write_splits(streams, tok, dtype, progress)
     meta = {
-        "format": FORMAT, "fingerprint": fp, "source": cfg.source, "val_source": cfg.val_source,
+        "format": PREPARED_FORMAT, "fingerprint": fp, "source": cfg.source, "val_source": cfg.val_source,
         "val_fraction": None if cfg.val_source else cfg.val_fraction,
         "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "eot_token": tok.eot_token,
         "dtype": dtype.name,

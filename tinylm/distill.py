@@ -10,10 +10,8 @@ gradient; the T^2 keeps that term's gradient size independent of T. Positions wh
 -100 (padding) count in neither term. The CE term is exactly ``GPT.forward``'s loss, so alpha=0
 is ordinary training.
 
-Vocabulary: teacher and student must share a tokenizer (:func:`load_teacher` checks), but their
-logits may be padded to different sizes (the trainer rounds the vocab up to a multiple of 64).
-The KL term is taken over the common prefix ``min(V_student, V_teacher)``, which holds every
-real token; padded ids are never targets. The CE term uses the student's full logits.
+Vocabulary: teacher and student must share a tokenizer (:func:`load_teacher` checks), so their
+logits have the same columns, exactly the tokenizer's ids (each model pads its matrix inside).
 
 Public API::
 
@@ -32,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tinylm.checkpoint import TOKENIZER_FILE, find_checkpoints, load_model
+from tinylm.checkpoint import TOKENIZER_FILE, load_model, resolve_checkpoint
 from tinylm.model import GPT
 from tinylm.tokenizer import Tokenizer
 
@@ -68,7 +66,7 @@ def distill_loss(
     Returns ``(loss, parts)``; ``parts`` holds detached ``ce`` and ``kl`` (the KL at temperature T
     before the T^2 factor), for logging.
     """
-    if student_logits.shape[:-1] != teacher_logits.shape[:-1] or student_logits.shape[:-1] != targets.shape:
+    if student_logits.shape != teacher_logits.shape or student_logits.shape[:-1] != targets.shape:
         raise ValueError(f"distill_loss: student logits {tuple(student_logits.shape)}, teacher logits "
                          f"{tuple(teacher_logits.shape)} and targets {tuple(targets.shape)} disagree")
     if not 0.0 <= alpha <= 1.0 or not temperature > 0:
@@ -76,10 +74,9 @@ def distill_loss(
     V = student_logits.size(-1)
     ce = F.cross_entropy(student_logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-100)
 
-    common = min(V, teacher_logits.size(-1))
     valid = (targets != -100).reshape(-1)
-    s = student_logits[..., :common].float().reshape(-1, common)[valid] / temperature
-    t = teacher_logits[..., :common].detach().float().reshape(-1, common)[valid] / temperature
+    s = student_logits.float().reshape(-1, V)[valid] / temperature
+    t = teacher_logits.detach().float().reshape(-1, V)[valid] / temperature
     kl_rows = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True,
                        reduction="none").sum(-1)
     kl = kl_rows.sum() / valid.sum().clamp(min=1)
@@ -103,7 +100,7 @@ def require_same_tokenizer(a: str | Path, b: str | Path) -> None:
     """Raise ``TokenizerMismatchError`` naming both files unless they are one tokenizer (same
     vocab, merges and settings; formatting of the JSON does not matter)."""
     ta, tb = Tokenizer.load(a), Tokenizer.load(b)  # DataError, naming the file, if unreadable
-    if ta.fingerprint() != tb.fingerprint():
+    if ta.content_hash() != tb.content_hash():
         raise TokenizerMismatchError(
             f"tokenizer mismatch: {a} ({ta.vocab_size} tokens) and {b} ({tb.vocab_size} tokens) "
             "are different tokenizers, so the same id means different tokens")
@@ -119,15 +116,14 @@ def load_teacher(
     dropout) and ``requires_grad=False`` on every parameter, so it gets no gradient, no
     optimizer state and no DDP wrapper. Do not pass it to ``accelerator.prepare``.
 
-    Its tokenizer.json must be the student's ``tokenizer_path``, and every tokenizer id must be
-    a row of both models' logits; else ``TokenizerMismatchError`` (a ``ValueError``).
+    Its tokenizer.json must be the student's ``tokenizer_path``, and both models' vocab_size
+    must be that tokenizer's size; else ``TokenizerMismatchError`` (a ``ValueError``).
     """
-    ckpt = find_checkpoints(path)[-1]
+    ckpt = resolve_checkpoint(path)
     require_same_tokenizer(ckpt / TOKENIZER_FILE, tokenizer_path)
     teacher, _ = load_model(ckpt, device=device)
     n_tokens = Tokenizer.load(tokenizer_path).vocab_size
-    smallest = min(teacher.config.vocab_size, student_vocab_size)
-    if n_tokens > smallest:
+    if not n_tokens == teacher.config.vocab_size == student_vocab_size:
         raise TokenizerMismatchError(
             f"{tokenizer_path}: {n_tokens} tokens, but the teacher's vocab_size is "
             f"{teacher.config.vocab_size} and the student's {student_vocab_size}")

@@ -114,13 +114,36 @@ def evaluate(
     )
 
 
+class Evaluator:
+    """Periodic evaluation inside a training run: the very module being trained, on the
+    validation split's own dataloader; decides its own cadence (``eval.interval``)."""
+
+    def __init__(self, loader, cfg, meta: dict, accelerator) -> None:
+        self.loader, self.cfg, self.accelerator = loader, cfg, accelerator
+        self.split_bytes, self.split_tokens = meta["val_bytes"], meta["val_tokens"]
+
+    def due(self, step: int, max_steps: int) -> bool:
+        return bool(self.cfg.interval) and step % self.cfg.interval == 0 and step < max_steps
+
+    def run(self, model: torch.nn.Module, final: bool = False) -> EvalResult:
+        """Periodic evals are capped at ``eval.max_batches``; the final one covers the split."""
+        return evaluate(model, self.loader, accelerator=self.accelerator,
+                        max_batches=0 if final else self.cfg.max_batches,
+                        split_bytes=self.split_bytes, split_tokens=self.split_tokens)
+
+    @staticmethod
+    def record(step: int, result: EvalResult) -> dict:
+        return {"kind": "eval", "step": step, "val_loss": result.loss,
+                "val_ppl": result.perplexity, "val_bits_per_byte": result.bits_per_byte,
+                "val_tokens": result.tokens}
+
+
 # -- checkpoints ---------------------------------------------------------------------------
 
 def load_for_inference(ckpt: str | Path, device: str | torch.device = "cpu"
                        ) -> tuple[GPT, Tokenizer, dict]:
     """(model in eval mode, its tokenizer, config.json) of a checkpoint, checked to belong
-    together: every tokenizer id must be a row of the model's embedding. The model's vocab may
-    be larger (the trainer pads it to a multiple of 64); those extra ids are never data."""
+    together: the model's vocab_size is the tokenizer's size."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         raise CheckpointError(f"{ckpt}: no such checkpoint directory")
@@ -129,7 +152,7 @@ def load_for_inference(ckpt: str | Path, device: str | torch.device = "cpu"
         tokenizer = Tokenizer.load(ckpt / TOKENIZER_FILE)
     except DataError as e:
         raise CheckpointError(str(e)) from None
-    if tokenizer.vocab_size > model.config.vocab_size:
+    if tokenizer.vocab_size != model.config.vocab_size:
         raise CheckpointError(
             f"{ckpt}: vocab mismatch: {TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the "
             f"model's vocab_size is {model.config.vocab_size}; the tokenizer is not this model's")
@@ -163,7 +186,7 @@ def _recorded_val_split(ckpt: Path, cfg: dict, tokenizer: Tokenizer) -> _Split:
         raise DataError(f"{data_dir / 'val.bin'}: {len(tokens)} tokens, but the checkpoint "
                         f"recorded {cfg['val_tokens']}: the data changed since training")
     tok_path = data_dir / TOKENIZER_FILE
-    if tok_path.is_file() and Tokenizer.load(tok_path).fingerprint() != tokenizer.fingerprint():
+    if tok_path.is_file() and Tokenizer.load(tok_path).content_hash() != tokenizer.content_hash():
         raise DataError(f"{tok_path}: not the checkpoint's tokenizer: the data was re-prepared")
     return _Split(data_dir / "val.bin", dtype, cfg["val_tokens"], cfg["val_bytes"],
                   f"val split of {data_dir}")

@@ -43,9 +43,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from tinylm.model import GPT, KVCache, rotary_cos_sin
+from tinylm.model import GPT, KVCache
 from tinylm.tokenizer import Tokenizer
 
 StreamCallback = Callable[[int, str], None]
@@ -161,62 +160,6 @@ def _window_forward(model: GPT, tokens: torch.Tensor, real: torch.Tensor | None,
     return model(tokens, cache=cache, last_only=True)[:, -1]
 
 
-class _Decoder:
-    """One-token decoding steps of a :class:`GPT` with a :class:`KVCache`: ``GPT.forward``
-    for T=1, restated to run ~40% faster.
-
-    Why: at batch 1 on a CPU a decoding step is ~17 matrix-vector products bound by reading
-    the weights, plus ~150 tiny kernels whose fixed costs add up to as much again; the
-    no-cache path runs few, large kernels. ``GPT.forward`` also rebuilds rotary tables and
-    masks every call and goes through ~50 module calls. Here the weights are read once into a
-    list (the same tensors, no copies); q and k are rotated by one (D, D) matmul from a
-    table built once per generation; there are no module calls; keys and values go into the
-    caller's ``KVCache`` in place, exactly where ``GPT.forward`` puts them, so prefills and
-    window re-starts still use ``GPT.forward`` itself. Only an exact ``GPT`` gets this path (a
-    subclass may compute differently); the tests hold it to ``GPT.forward`` token for token,
-    so a change to the architecture must change both.
-    """
-
-    def __init__(self, model: GPT) -> None:
-        c, w = model.config, model.lm_head.weight
-        self.n_head, self.head_dim, self.eps = c.n_head, c.head_dim, c.norm_eps
-        cos, sin = rotary_cos_sin(torch.arange(c.block_size, device=w.device), c.head_dim,
-                                  c.rope_theta, torch.float32)
-        eye = torch.eye(c.head_dim, device=w.device)
-        half = torch.cat((-eye[:, c.head_dim // 2:], eye[:, :c.head_dim // 2]), dim=-1)
-        # x @ rot[p] == apply_rotary(x, cos[p], sin[p]): rows of `half` rotate basis vectors
-        self.rot = (eye * cos[:, None, :] + half * sin[:, None, :]).to(w.dtype)
-        self.embed, self.final_norm, self.head = model.embed_tokens.weight, model.norm.weight, w
-        self.layers = [(b.input_layernorm.weight, b.self_attn.qkv_proj.weight,
-                        b.self_attn.o_proj.weight, b.post_attention_layernorm.weight,
-                        b.mlp.gate_up_proj.weight, b.mlp.down_proj.weight) for b in model.layers]
-
-    def step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits (B, vocab) after feeding ids (B, 1) at position ``cache.pos``; advances it."""
-        B, pos = ids.size(0), cache.pos
-        if pos >= cache.max_len:
-            raise ValueError(f"KV cache full: {pos + 1} positions needed, max_len={cache.max_len}")
-        H, D, end = self.n_head, self.head_dim, pos + 1
-        C, eps = H * D, self.eps
-        # the one query is the newest position: causal masking is moot, padding is not
-        mask = None if cache.pad_mask is None else cache.pad_mask[:, None, None, :end]
-        rot = self.rot[pos]
-        keys, values = cache.k.narrow(3, 0, end), cache.v.narrow(3, 0, end)
-        x = F.embedding(ids, self.embed)  # (B, 1, C)
-        for i, (norm1, qkv_w, o_w, norm2, gate_up_w, down_w) in enumerate(self.layers):
-            qkv = F.linear(F.rms_norm(x, (C,), norm1, eps), qkv_w).view(B, 3, H, D)
-            qk = torch.mm(qkv[:, :2].reshape(-1, D), rot).view(B, 2, H, 1, D)  # q, k rotated
-            k, v = keys[i], values[i]
-            k[:, :, pos] = qk[:, 1, :, 0]
-            v[:, :, pos] = qkv[:, 2]
-            y = F.scaled_dot_product_attention(qk[:, 0], k, v, attn_mask=mask)  # (B, H, 1, D)
-            x = x + F.linear(y.view(B, 1, C), o_w)  # head-major already: no transpose needed
-            gate, up = F.linear(F.rms_norm(x, (C,), norm2, eps), gate_up_w).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, down_w)
-        cache.pos = end
-        return F.linear(F.rms_norm(x[:, -1], (C,), self.final_norm, eps), self.head)
-
-
 def _update_text(row: _Row, tokenizer: Tokenizer, stop: Sequence[str]) -> tuple[str, int]:
     """Decode a row's new ids; return its text and how much of it is safe to stream.
 
@@ -276,14 +219,13 @@ def generate(
 
     See the module docstring for the context, stopping and streaming rules. ``stop_at_eot=False``
     lets a row run past end-of-text (benchmarks want fixed lengths); the token then shows as
-    ``<|endoftext|>`` in the text. Ids the tokenizer does not have (the model's vocab is padded
-    to a multiple of 64) are never sampled.
+    ``<|endoftext|>`` in the text.
     """
     _check_args(temperature, top_k, top_p, max_new_tokens, stop)
     if not prompts:
         return []
     cfg = model.config
-    if tokenizer.vocab_size > cfg.vocab_size:
+    if tokenizer.vocab_size != cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size "
                          f"is {cfg.vocab_size}: they do not belong together")
     stop = list(stop or [])
@@ -308,14 +250,10 @@ def generate(
     try:
         with torch.inference_mode():  # no autograd bookkeeping: faster decoding
             cache = KVCache(cfg, B, device=device, dtype=model.lm_head.weight.dtype) if use_cache else None
-            decode = _Decoder(model).step if use_cache and type(model) is GPT else \
-                (lambda ids, kv: model(ids, cache=kv, last_only=True)[:, -1])
             length, logits = P, None
             for step in range(max_new_tokens):
                 if logits is None:  # first step, every step without a cache, or a re-start
                     logits = _window_forward(model, *_windows(seq, length, starts, tokenizer.eot_id), cache)
-                if cfg.vocab_size > tokenizer.vocab_size:  # the model's padded vocab
-                    logits[:, tokenizer.vocab_size:] = float("-inf")
                 next_ids = sample_next(logits, temperature, top_k, top_p, generator)
                 seq[:, length] = next_ids
                 length += 1
@@ -328,7 +266,10 @@ def generate(
                     if cut != starts:
                         starts, logits = cut, None
                         continue
-                logits = decode(seq[:, length - 1:length], cache) if use_cache else None
+                if use_cache:  # one new token: GPT.forward's lean one-token case
+                    logits = model(seq[:, length - 1:length], cache=cache, last_only=True)[:, -1]
+                else:
+                    logits = None
     finally:
         model.train(was_training)
 

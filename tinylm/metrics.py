@@ -1,15 +1,20 @@
-"""Run metrics: one JSON line per record in metrics.jsonl, a console line, and the loss plot.
+"""Run metrics: one ``log(record)`` feeds the console, metrics.jsonl and the trackers.
 
-metrics.jsonl is the source of truth (append-only, survives crashes and resumes); the plot and
-wandb are views of it.
+metrics.jsonl is the source of truth (append-only, survives crashes and resumes); the console
+line, the loss plot and wandb are views of it. A record is a flat dict with ``kind`` ("train"
+or "eval") and ``step``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import time
 from pathlib import Path
+
+from tinylm.atomic import atomic_write
 
 
 def format_seconds(s: float) -> str:
@@ -74,9 +79,45 @@ def plot_losses(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(out_png)
-    return out_png
+    atomic_write(out_png, png.getvalue())
+    return Path(out_png)
+
+
+class RunLogger:
+    """The one place a training run reports to: ``log(record)`` prints its console line (main
+    process), appends it to metrics.jsonl and sends it to the trackers (wandb, offline by
+    default, through accelerate). It also decides the cadence of train lines."""
+
+    def __init__(self, run_dir: Path, accelerator, cfg, config_dict: dict, max_steps: int,
+                 run_id: str | None) -> None:
+        self.accelerator, self.interval, self.max_steps = accelerator, cfg.interval, max_steps
+        self.main = accelerator.is_main_process
+        self.metrics = MetricsFile(Path(run_dir) / "metrics.jsonl", enabled=self.main)
+        self.run_id = run_id
+        if cfg.wandb != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.run_id = run_id or f"tinylm-{int(time.time())}"
+            accelerator.init_trackers(cfg.project, config=config_dict, init_kwargs={"wandb": {
+                "dir": str(run_dir), "id": self.run_id, "resume": "allow", "mode": cfg.wandb}})
+
+    def due(self, step: int) -> bool:
+        return step % self.interval == 0 or step == self.max_steps
+
+    def print(self, line: str) -> None:
+        if self.main:
+            print(line, flush=True)
+
+    def log(self, record: dict) -> None:
+        step = record["step"]
+        if record["kind"] == "eval":
+            self.print(eval_line(step, record["val_loss"], record["val_bits_per_byte"],
+                                 record["val_tokens"]))
+        else:
+            self.print(train_line(step, self.max_steps, record["loss"], record["lr"],
+                                  record["tokens_per_s"], record["eta_s"], record["grad_norm"]))
+        self.metrics.write(record)
+        self.accelerator.log({k: v for k, v in record.items() if k not in ("kind", "step")},
+                             step=step)

@@ -23,7 +23,7 @@ from tinylm.tying import TieGuarded, tie
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 8192  # the default byte-level BPE's size: ~4 bytes/token on English
+    vocab_size: int = 8192  # the tokenizer's size (the model pads its matrix; see padded_vocab_size)
     block_size: int = 256  # context length; rotary positions need no table, so this only caps the cache
     n_layer: int = 6
     n_head: int = 6
@@ -45,6 +45,13 @@ class GPTConfig:
                 raise ValueError(f"{key}={getattr(self, key)} must be positive")
 
     @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding/head matrix: ``vocab_size`` rounded up to a multiple of 64,
+        so the head matmul gets aligned shapes (nanoGPT's 50257 -> 50304 gave ~25% on GPUs).
+        The extra rows start at zero, are never an input id and never a logit column."""
+        return 64 * math.ceil(self.vocab_size / 64)
+
+    @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
@@ -63,8 +70,9 @@ def rotary_cos_sin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables for the given absolute positions, computed in fp32 then cast.
 
-    Computed per forward (a (T, head_dim) outer product, negligible) rather than kept as
-    buffers, so ``.to(bfloat16)`` cannot degrade them and nothing caps the length.
+    Computed per forward in training (a (T, head_dim) outer product, negligible) rather than
+    kept as buffers, so ``.to(bfloat16)`` cannot degrade them and nothing caps the length; a
+    :class:`KVCache` computes them once per generation.
     """
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
     freqs = torch.outer(positions.float(), inv_freq)
@@ -72,10 +80,31 @@ def rotary_cos_sin(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, D) by position; Llama's rotate-half layout."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+class Rotary:
+    """Rotates queries and keys (B, H, T, D) by their positions; Llama's rotate-half layout.
+
+    For one new position (a decoding step) q and k are rotated together by one (D, D)
+    matrix: one matmul instead of ~10 tiny elementwise kernels per layer, which is most of a
+    batch-1 step's cost on a CPU. Both forms are the same rotation.
+    """
+
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        self.cos, self.sin = cos, sin  # (T, D) each
+        self.matrix: torch.Tensor | None = None
+        if cos.size(0) == 1:  # x @ matrix == x * cos + rotate_half(x) * sin
+            d = cos.size(-1)
+            eye = torch.eye(d, device=cos.device, dtype=cos.dtype)
+            half = torch.cat((-eye[:, d // 2:], eye[:, :d // 2]), dim=-1)
+            self.matrix = eye * cos + half * sin
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.matrix is not None:
+            return torch.stack((q, k)).matmul(self.matrix).unbind(0)
+        return self._rotate(q), self._rotate(k)
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * self.cos + torch.cat((-x2, x1), dim=-1) * self.sin
 
 
 class RMSNorm(nn.Module):
@@ -93,9 +122,10 @@ class RMSNorm(nn.Module):
 class KVCache:
     """Keys and values of every layer for incremental decoding.
 
-    Preallocated to ``max_len`` so decoding appends in place. ``pad_mask`` (B, max_len), True
-    for real tokens, lets a batch of left-padded prompts decode together: rotary attention
-    depends only on relative positions, so left padding needs no per-row position ids.
+    Preallocated to ``max_len`` so decoding appends in place, with the rotary tables of every
+    position computed once. ``pad_mask`` (B, max_len), True for real tokens, lets a batch of
+    left-padded prompts decode together: rotary attention depends only on relative positions,
+    so left padding needs no per-row position ids.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None,
@@ -104,6 +134,8 @@ class KVCache:
         shape = (config.n_layer, batch_size, config.n_head, self.max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.cos, self.sin = rotary_cos_sin(torch.arange(self.max_len, device=device),
+                                            config.head_dim, config.rope_theta, dtype)
         self.pos = 0  # number of positions already filled
         self.pad_mask: torch.Tensor | None = None
 
@@ -124,10 +156,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.dropout = config.dropout
 
-    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, mask) -> torch.Tensor:
+    def forward(self, x, rotary: Rotary, layer: int, cache: KVCache | None, mask) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv_proj(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = rotary(q, k)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -160,8 +192,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, mask) -> torch.Tensor:
-        x = x + self.drop(self.self_attn(self.input_layernorm(x), cos, sin, layer, cache, mask))
+    def forward(self, x, rotary: Rotary, layer: int, cache: KVCache | None, mask) -> torch.Tensor:
+        x = x + self.drop(self.self_attn(self.input_layernorm(x), rotary, layer, cache, mask))
         return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -171,11 +203,11 @@ class GPT(TieGuarded):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
+        self.embed_tokens = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.n_embd, config.norm_eps)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             tie(self.embed_tokens, "weight", self.lm_head, "weight")
         self.reset_parameters()
@@ -193,6 +225,8 @@ class GPT(TieGuarded):
                 nn.init.normal_(p, 0.0, std)
             else:
                 nn.init.ones_(p)  # RMSNorm scales
+        for m in (self.embed_tokens, self.lm_head):  # padding rows: no token, no logit
+            m.weight[self.config.vocab_size:].zero_()
 
     # -- the transformers convention ---------------------------------------------------------
     def get_input_embeddings(self) -> nn.Embedding:
@@ -203,18 +237,19 @@ class GPT(TieGuarded):
 
     # -- size and cost -----------------------------------------------------------------------
     def num_params(self) -> int:
-        """Unique parameters: the tied matrix counts once."""
+        """Unique parameters: the tied matrix counts once, with its padding rows."""
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), the PaLM appendix B formula.
 
-        6 per matmul parameter, where the embedding lookup is no matmul but the head is (when
-        tied, the one matrix is counted once, as the head), plus attention scores
-        12 * layers * width * seq_len.
+        6 per matmul weight (the norm scales are no matmul, nor is the embedding lookup; the
+        tied matrix is counted once, as the head, padding rows included: they are computed),
+        plus attention scores and values, 12 * layers * width * seq_len. Tested against
+        torch's FlopCounterMode.
         """
         c, T = self.config, seq_len or self.config.block_size
-        matmul_params = self.num_params()
+        matmul_params = sum(p.numel() for p in self.parameters() if p.dim() >= 2)
         if not c.tie_embeddings:
             matmul_params -= self.embed_tokens.weight.numel()
         return 6 * matmul_params + 12 * c.n_layer * c.n_embd * T
@@ -227,7 +262,7 @@ class GPT(TieGuarded):
         cache: KVCache | None = None,
         last_only: bool = False,
     ):
-        """Logits (B, T, vocab) for token ids (B, T); with ``targets`` also the mean
+        """Logits (B, T, vocab_size) for token ids (B, T); with ``targets`` also the mean
         cross-entropy over targets that are not -100, as ``(logits, loss)``.
 
         ``cache`` continues from ``cache.pos`` and advances it; ``last_only`` computes logits
@@ -241,30 +276,39 @@ class GPT(TieGuarded):
                 f"({cache.max_len if cache is not None else self.config.block_size})"
             )
         x = self.drop(self.embed_tokens(idx))
-        positions = torch.arange(start, start + T, device=idx.device)
-        cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        if cache is not None:  # tables computed once per generation
+            rotary = Rotary(cache.cos[start:start + T], cache.sin[start:start + T])
+        else:
+            positions = torch.arange(T, device=idx.device)
+            rotary = Rotary(*rotary_cos_sin(positions, self.config.head_dim,
+                                            self.config.rope_theta, x.dtype))
         mask = self._attention_mask(cache, T, idx.device)
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, i, cache, mask)
+            x = block(x, rotary, i, cache, mask)
         if cache is not None:
             cache.pos += T
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(x)
+        logits = self.lm_head(x)[..., :self.config.vocab_size]  # a view; no-op when unpadded
         if targets is None:
             return logits
         loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
         )
         return logits, loss
 
     @staticmethod
     def _attention_mask(cache: KVCache | None, T: int, device) -> torch.Tensor | None:
-        """None (SDPA's fast causal path) unless decoding after a prefix or with padding."""
-        if cache is None or (cache.pos == 0 and cache.pad_mask is None):
+        """None (SDPA's causal path, or no mask for one new token) unless padding or a chunk
+        after a prefix needs one."""
+        if cache is None:
             return None
         end = cache.pos + T
+        if cache.pad_mask is None and (T == 1 or cache.pos == 0):
+            return None  # one query sees every key; a first chunk is plain causal
+        if T == 1:  # the newest position sees every real key: only padding is masked
+            return cache.pad_mask[:, None, None, :end]
         q_pos = torch.arange(cache.pos, end, device=device)[:, None]
         mask = torch.arange(end, device=device)[None, :] <= q_pos  # (T, end) causal
         if cache.pad_mask is not None:

@@ -23,9 +23,8 @@ A prefix is not the best subset (ranking channels by weight norm or activation w
 more of the teacher) but it is deterministic, needs no data, and makes the slices easy to
 check. It is a starting point for distillation, not a pruned model to ship as is.
 
-Also :func:`init_from`, which loads a checkpoint's weights (a student's, typically) into a
-freshly built model at the start of a training run, and :func:`init_model_config`, the
-architecture such a run must build.
+:func:`write_student` publishes a student as a checkpoint directory, which a training run
+starts from with ``checkpoint.init_from`` (see ``tinylm.checkpoint.init_from``).
 """
 
 from __future__ import annotations
@@ -35,9 +34,7 @@ from pathlib import Path
 
 import torch
 
-from tinylm.checkpoint import (CheckpointError, MODEL_FILE, TOKENIZER_FILE, find_checkpoints,
-                               read_config, read_weights)
-from tinylm.distill import require_same_tokenizer
+from tinylm.checkpoint import TOKENIZER_FILE, load_model, publish_student, resolve_checkpoint
 from tinylm.model import GPT, GPTConfig
 from tinylm.tying import check_ties, tied_groups
 from tinylm.weights import Copied, CopyReport, set_weights
@@ -203,51 +200,24 @@ def make_student(teacher: GPT, layers: str, n_embd: int | None = None) -> tuple[
     return student, report
 
 
-# -- starting a training run from a checkpoint's weights ------------------------------------
+# -- writing a student checkpoint -------------------------------------------------------------
 
 
-def _resolve(path: str | Path) -> Path:
-    """A checkpoint dir -> it; a run dir or checkpoints/ dir -> its latest checkpoint."""
-    return find_checkpoints(path)[-1]
-
-
-def init_model_config(path: str | Path, vocab_size: int | None = None) -> GPTConfig:
-    """The architecture stored in checkpoint ``path`` (or a run dir's latest): what a run that
-    starts from its weights must build. ``vocab_size``, the run's own (from its tokenizer), must
-    match the checkpoint's, or ``CheckpointError``."""
-    ckpt = _resolve(path)
-    cfg = read_config(ckpt)
-    try:
-        model_cfg = GPTConfig(**cfg["model"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt}: bad model config ({e})") from None
-    if vocab_size is not None and vocab_size != model_cfg.vocab_size:
-        raise CheckpointError(f"{ckpt}: vocab_size {model_cfg.vocab_size}, but this run's tokenizer "
-                              f"gives {vocab_size}")
-    return model_cfg
-
-
-def init_from(model: GPT, path: str | Path, tokenizer_path: str | Path) -> CopyReport:
-    """Overwrite every weight of ``model`` with checkpoint ``path``'s (a checkpoint dir, or a
-    run dir's latest). Weights only: no optimizer state, no step (that is resume's job).
-
-    The checkpoint must hold exactly ``model``'s tensors with the same shapes and ties, and its
-    tokenizer.json must be the run's ``tokenizer_path`` (the same ids), else
-    ``CheckpointError``/``TokenizerMismatchError``, one line each.
-    """
-    ckpt = _resolve(path)
-    require_same_tokenizer(ckpt / TOKENIZER_FILE, tokenizer_path)
-    tensors, file_groups = read_weights(ckpt / MODEL_FILE)
-    if sorted(map(sorted, file_groups)) != tied_groups(model):
-        raise CheckpointError(f"{ckpt / MODEL_FILE}: file ties {file_groups} but the model ties "
-                              f"{tied_groups(model)}")
-    try:
-        report = set_weights(model, tensors, strict=True)
-    except ValueError as e:
-        raise CheckpointError(f"{ckpt / MODEL_FILE}: {e}") from None
-    if report.missing:
-        raise CheckpointError(f"{ckpt / MODEL_FILE}: no tensor for {report.missing[0]} "
-                              f"({len(report.missing)} missing); is it this architecture?")
-    check_ties(model)
-    report.title = f"init_from {ckpt}"
-    return report
+def write_student(teacher_path: str | Path, layers: str, out: Path,
+                  n_embd: int | None = None) -> tuple[GPT, GPT, CopyReport]:
+    """Build the student of checkpoint ``teacher_path`` (or a run dir's latest) and publish it
+    as the checkpoint directory ``out``. Its config keeps the teacher's training config with
+    the student's model section, and the teacher's validation split, so evaluate needs no
+    data. Returns (teacher, student, copy report)."""
+    ckpt = resolve_checkpoint(teacher_path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before the work
+        raise ValueError(f"{out}: exists and is not an empty directory")
+    teacher, cfg = load_model(ckpt)
+    student, report = make_student(teacher, layers, n_embd)
+    train_config = {**cfg.get("train", {}), "model": student.config.to_dict()}
+    extra = {k: cfg[k] for k in ("data_dir", "val_tokens", "val_bytes") if k in cfg}
+    extra["student_of"] = {"teacher": str(ckpt), "layers": layers,
+                           "teacher_layers": select_layers(layers, teacher.config.n_layer),
+                           "n_embd": student.config.n_embd}
+    publish_student(out, student, train_config, ckpt / TOKENIZER_FILE, extra)
+    return teacher, student, report

@@ -6,7 +6,7 @@ non-deterministic reduction breaks that assumption silently: the ranks drift apa
 checkpoint saved from rank 0 no longer describes the model the others trained. Megatron hashes
 parameters across replicas; we hash parameters AND gradients of every tie group.
 
-Fingerprints are exact: a BLAKE2b digest of the tensor's bytes (so a flipped bit in the last
+Digests are exact: a BLAKE2b digest of the tensor's bytes (so a flipped bit in the last
 place is caught, which a float sum could miss or collide on), truncated to 63 bits to travel as
 an int64 through ``accelerator.gather`` (works on gloo and NCCL alike).
 
@@ -28,7 +28,7 @@ class TiedSyncError(RuntimeError):
     """Tied parameters or their gradients differ between processes."""
 
 
-def fingerprint(t: torch.Tensor | None) -> int:
+def tensor_digest(t: torch.Tensor | None) -> int:
     """63-bit BLAKE2b digest of a tensor's bytes (dtype and shape included); 0 for None."""
     if t is None:
         return 0
@@ -39,12 +39,12 @@ def fingerprint(t: torch.Tensor | None) -> int:
     return int.from_bytes(h.digest(), "little") >> 1
 
 
-def local_fingerprints(model: nn.Module) -> tuple[list[str], torch.Tensor]:
-    """(group labels, int64 tensor (groups, 2)) of parameter and gradient fingerprints."""
+def local_digests(model: nn.Module) -> tuple[list[str], torch.Tensor]:
+    """(group labels, int64 tensor (groups, 2)) of parameter and gradient digests."""
     groups = tied_groups(model)
     params = dict(model.named_parameters(remove_duplicate=False))
     labels = ["=".join(g) for g in groups]
-    fps = [[fingerprint(params[g[0]]), fingerprint(params[g[0]].grad)] for g in groups]
+    fps = [[tensor_digest(params[g[0]]), tensor_digest(params[g[0]].grad)] for g in groups]
     return labels, torch.tensor(fps, dtype=torch.int64).reshape(len(groups), 2)
 
 
@@ -55,7 +55,7 @@ def check_tied_sync(model: nn.Module, accelerator) -> str:
     no process is left waiting in a later collective.
     """
     check_ties(model)  # each rank: declared ties intact, no fake ties
-    labels, local = local_fingerprints(model)
+    labels, local = local_digests(model)
     gathered = accelerator.gather(local.to(accelerator.device)[None]).cpu()  # (world, groups, 2)
     world = gathered.shape[0]
     bad = []
@@ -68,3 +68,14 @@ def check_tied_sync(model: nn.Module, accelerator) -> str:
     if bad:
         raise TiedSyncError(f"tied sync check failed across {world} processes: " + "; ".join(bad))
     return f"{len(labels)} tie group(s), param+grad identical on {world} process(es)"
+
+
+class SyncChecker:
+    """The trainer's tied-sync check: on the first step of a run (or of a resume) and every
+    ``sync_check.interval`` steps; 0 turns it off."""
+
+    def __init__(self, interval: int, first_step: int) -> None:
+        self.interval, self.first_step = interval, first_step
+
+    def due(self, step: int) -> bool:
+        return bool(self.interval) and (step == self.first_step or step % self.interval == 0)

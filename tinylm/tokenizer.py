@@ -19,7 +19,8 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from tinylm.corpus import DataError, atomic_write
+from tinylm.atomic import atomic_write
+from tinylm.corpus import DataError
 
 EOT = "<|endoftext|>"
 MIN_VOCAB = 257  # 256 byte tokens + end-of-text
@@ -120,7 +121,7 @@ class Tokenizer:
             lengths[idx] = 0 if token == EOT else len(token)
         return lengths
 
-    def fingerprint(self) -> str:
+    def content_hash(self) -> str:
         """A hash of the whole tokenizer (vocab, merges, settings): part of cache keys."""
         return hashlib.sha256(self._tok.to_str().encode()).hexdigest()[:16]
 

@@ -1,0 +1,1 @@
+"""The presets, installed as the package data ``tinylm.configs`` (see pyproject.toml)."""

@@ -1,0 +1,1 @@
+"""Accelerate launch configs (package data)."""

@@ -1,0 +1,89 @@
+"""The ``tinylm`` command: one front door for every job.
+
+    tinylm train [CONFIG|PRESET] [key=value ...]      (also: accelerate launch scripts/train.py)
+    tinylm prepare [CONFIG|PRESET] [data.key=value ...]
+    tinylm tokenizer [CONFIG|PRESET] [data.key=value ...] [--out tokenizer.json]
+    tinylm evaluate CKPT [CKPT ...] [--data SOURCE] [--json OUT]
+    tinylm generate CKPT --prompt TEXT [...]
+    tinylm student TEACHER --layers every:2 --out DIR [--n-embd N]
+
+Every subcommand parses the same way (argparse, a usage error is one line and exit 2) and
+every error goes through one map (:data:`ERRORS`): bad input is one ``error: ...`` line and
+exit 2; a run that had to stop to protect its state (divergence, a broken tie) is exit 1.
+``scripts/*.py`` are thin shells over these subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# name -> module in tinylm.cli that has add_arguments(parser) and run(args) -> int
+COMMANDS = {
+    "train": "train", "prepare": "data", "tokenizer": "data", "evaluate": "evaluate",
+    "generate": "generate", "student": "student",
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error prints ``error: ... (see --help)`` and exits 2, like every
+    other bad input in tinylm (argparse's default prints the whole usage block first)."""
+
+    def error(self, message: str) -> None:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _errors() -> list[tuple[tuple[type, ...], int, bool]]:
+    """(exception types, exit status, whether the line names the type)."""
+    from tinylm.checkpoint import CheckpointError
+    from tinylm.config import ConfigError
+    from tinylm.corpus import DataError
+    from tinylm.distill import TokenizerMismatchError
+    from tinylm.step import TrainingDiverged
+    from tinylm.sync_check import TiedSyncError
+    from tinylm.tying import TieError
+
+    return [((TrainingDiverged, TiedSyncError, TieError), 1, True),
+            ((ConfigError, DataError, CheckpointError, TokenizerMismatchError, ValueError,
+              OSError), 2, False)]
+
+
+def error_exit(e: BaseException, show: bool = True) -> int | None:
+    """The exit status for ``e`` (after printing its one line), or None if it is a bug."""
+    for types, status, named in _errors():
+        if isinstance(e, types):
+            if show:
+                text = str(e).splitlines()[0] if str(e) else type(e).__name__
+                print(f"error: {type(e).__name__ + ': ' if named else ''}{text}", file=sys.stderr)
+            return status
+    return None
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="tinylm", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=ArgumentParser)
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f"tinylm.cli.{module}")
+        doc = (mod.__doc__ or "").strip()
+        sp = sub.add_parser(name, help=doc.split("\n")[0], description=doc,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(sp, name)
+        sp.set_defaults(run=mod.run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; returns the exit status (errors mapped by :data:`ERRORS`)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from workers
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return args.run(args)
+    except Exception as e:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
+        status = error_exit(e, show=not getattr(args, "quiet_errors", False))
+        if status is None:
+            raise
+        return status

@@ -1,0 +1,51 @@
+"""How parameters are updated: AdamW's groups and the learning-rate schedule.
+
+The learning rate is a function of the optimizer-step count, set by hand on every step rather
+than by a prepared scheduler: accelerate steps a prepared scheduler once per process per step,
+which silently shortens warmup and decay on N processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tinylm.config import OptimConfig
+
+# fused: one kernel over all tensors (CUDA, and CPU since torch 2.4); see docs/performance.md
+ADAMW_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only. The tied embedding/head matrix is ONE
+    parameter (``parameters()`` de-duplicates) and is decayed like the other matrices, as in
+    GPT-2 and nanoGPT: it is the head's weight, and decaying only one of its two uses is not a
+    thing a single parameter can do. Norm scales are never decayed."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             **ADAMW_IMPLS[cfg.adamw])
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to
+    ``lr * min_lr_ratio``, or warmup-stable-decay with a linear decay over the last 20%."""
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "wsd":
+        decay_start = int(cfg.max_steps * 0.8)
+        if step < decay_start:
+            return peak
+        frac = (step - decay_start) / max(cfg.max_steps - decay_start, 1)
+        return peak + (floor - peak) * min(frac, 1.0)
+    frac = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
