@@ -45,6 +45,12 @@ LAUNCHERS = {
 }
 
 
+def time_to_target(evals: list[dict], target: float, t0: float) -> float | None:
+    """Seconds from ``t0`` to the first eval record at or under ``target`` bits per byte."""
+    hit = next((r for r in evals if r["val_bits_per_byte"] <= target), None)
+    return hit["time"] - t0 if hit else None
+
+
 def run_variant(config: str, text: str, overrides: list[str], target: float, work: Path,
                 compile_cache: Path, launch: str = "accelerate") -> dict:
     run_dir, data_dir = work / "run", work / "data"
@@ -64,7 +70,6 @@ def run_variant(config: str, text: str, overrides: list[str], target: float, wor
     meta = json.loads(next(data_dir.glob("*/meta.json")).read_text())
     bytes_per_token = meta["train_bytes"] / meta["train_tokens"]
     tok_s = train[-1]["tokens_per_s"]  # running mean over all steps but the first
-    hit = next((r for r in evals if r["val_bits_per_byte"] <= target), None)
     checks = [float(m) for m in re.findall(r"sync check @ step \d+: .*\(([\d.]+) ms\)", proc.stdout)]
     steps = train[-1]["step"]
     step_ms = 1000 * (train[-1]["time"] - train[0]["time"]) / max(steps - train[0]["step"], 1)
@@ -77,7 +82,7 @@ def run_variant(config: str, text: str, overrides: list[str], target: float, wor
         "prepare_MB_s": prep,
         "tokens_s": tok_s,
         "bytes_s": tok_s * bytes_per_token,
-        "time_to_target_s": (hit["time"] - t0) if hit else None,
+        "time_to_target_s": time_to_target(evals, target, t0),
         "final_bpb": evals[-1]["val_bits_per_byte"],
         "steps": steps,
         "wall_s": wall,

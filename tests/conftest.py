@@ -114,3 +114,29 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+VAL_TEXT = ("Validation prose with a few multi-byte characters: naïve café, Straße, 日本語, "
+            "λόγος, 🙂.\n\nIt repeats so the split spans several blocks of the tiny model.\n") * 40
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10-step run of configs/tiny.yaml by scripts/train.py (a real process), checkpoints at
+    steps 5 and 10, its val split the separate file VAL_TEXT; made once per session and shared
+    by the evaluate and generate tests."""
+    import subprocess
+    import sys
+
+    from helpers import REPO, quiet_env, tiny_overrides, write_corpus
+
+    base = tmp_path_factory.mktemp("tiny-run")
+    corpus = write_corpus(base / "corpus.txt", 60_000)
+    (base / "val.txt").write_text(VAL_TEXT, encoding="utf-8")
+    args = tiny_overrides(base, corpus, **{"data.val_source": base / "val.txt",
+                                            "optim.max_steps": 10, "checkpoint.interval": 5})
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "configs/tiny.yaml",
+                           *args], capture_output=True, text=True, env=quiet_env(base), cwd=REPO,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base / "run"

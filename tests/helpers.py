@@ -47,6 +47,11 @@ def env(tmp: Path) -> dict:
     return e
 
 
+def quiet_env(tmp: Path) -> dict:
+    """env, with one thread per subprocess (tiny tensors: thread hand-offs cost more than math)."""
+    return {**env(tmp), "OMP_NUM_THREADS": "1"}
+
+
 def accelerate_2proc(script: Path, args: list[str], tmp: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
            "--main_process_port", str(free_port()), str(script), *args]

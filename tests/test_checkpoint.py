@@ -102,3 +102,26 @@ def test_checkpoint_dir_round_trip_and_publish(tmp_path):
     # an unfinished temp dir is never mistaken for a checkpoint
     (root / ".step-4.tmp").mkdir()
     assert ckpt.latest_checkpoint(root).name == "step-3"
+
+
+def test_format_1_checkpoints_still_load(tmp_path):
+    """tinylm 0.1 stored the trainer-padded vocab (a 300-token tokenizer -> vocab_size 320);
+    format 2 stores the tokenizer's size and the model pads itself, to the same 320 rows."""
+    from tinylm.tokenizer import Tokenizer
+
+    text = "Some text to train a small byte-level tokenizer on, naïve café. " * 200
+    Tokenizer.train([text], vocab_size=300).save(tmp_path / "tok.json")
+    old = tmp_path / "step-7"
+    old.mkdir()
+    model = gpt(vocab_size=300)
+    ckpt.write_checkpoint(old, model, {}, tmp_path / "tok.json", extra={"step": 7})
+    cfg = json.loads((old / ckpt.CONFIG_FILE).read_text())
+    cfg["format"], cfg["model"]["vocab_size"] = "tinylm-checkpoint-1", 320
+    (old / ckpt.CONFIG_FILE).write_text(json.dumps(cfg))
+    loaded, read = ckpt.load_model(old)
+    assert loaded.config.vocab_size == 300 and read["format"] == ckpt.CHECKPOINT_FORMAT
+    assert torch.equal(loaded.embed_tokens.weight, model.embed_tokens.weight)
+    cfg["model"]["vocab_size"] = 384  # not what the trainer's padding gave: refused, one line
+    (old / ckpt.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ckpt.CheckpointError, match="format 1 checkpoint with vocab_size=384"):
+        ckpt.load_model(old)

@@ -1,7 +1,7 @@
 """Checkpoint evaluation: numbers checked against a direct computation, the whole split covered
 once, one process equal to two, and one-line errors for bad checkpoints.
 
-One tiny run (scripts/train.py, 10 steps, two checkpoints) serves every test; its validation
+One tiny run (conftest's ``tiny_run``: 10 steps, two checkpoints) serves every test; its validation
 split is a separate file (data.val_source), so "score this file" and "score the recorded split"
 must agree exactly.
 """
@@ -21,45 +21,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import REPO, accelerate_2proc, env, tiny_overrides, write_corpus
+from conftest import VAL_TEXT
+from helpers import REPO, accelerate_2proc, quiet_env, write_corpus
 from tinylm.checkpoint import CheckpointError
 from tinylm.corpus import DataError
 from tinylm.evaluate import evaluate_checkpoint, load_for_inference
 from tinylm.tokenizer import Tokenizer
 
 SCRIPT = REPO / "scripts" / "evaluate.py"
-VAL_TEXT = ("Validation prose with a few multi-byte characters: naïve café, Straße, 日本語, "
-            "λόγος, 🙂.\n\nIt repeats so the split spans several blocks of the tiny model.\n") * 40
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 
 
-def quiet_env(tmp: Path) -> dict:
-    """helpers.env, with one thread per subprocess: see one_thread."""
-    return {**env(tmp), "OMP_NUM_THREADS": "1"}
-
-
-def train_tiny_run(base: Path) -> Path:
-    """A 10-step tiny run by scripts/train.py, checkpoints at steps 5 and 10, its val split a
-    separate file; made once per session under ``base`` (test_generate.py uses it too)."""
-    run = base / "run"
-    if (run / "checkpoints" / "step-10" / "config.json").is_file():
-        return run
-    base.mkdir(parents=True, exist_ok=True)
-    corpus = write_corpus(base / "corpus.txt", 60_000)
-    (base / "val.txt").write_text(VAL_TEXT, encoding="utf-8")
-    args = tiny_overrides(base, corpus, **{"data.val_source": base / "val.txt",
-                                            "optim.max_steps": 10, "checkpoint.interval": 5})
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "configs/tiny.yaml",
-                           *args], capture_output=True, text=True, env=quiet_env(base), cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.getbasetemp() / "tiny-run")
+def run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +127,8 @@ def test_script_end_to_end(run: Path, tmp_path: Path):
     """A run directory means all its checkpoints; a table and a JSON list come out."""
     out = tmp_path / "sub" / "results.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), str(run), "--json", str(out)],
-                          capture_output=True, text=True, env=quiet_env(tmp_path), cwd=REPO)
+                          capture_output=True, text=True, env=quiet_env(tmp_path), cwd=REPO,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[1].split() == ["checkpoint", "step", "loss", "ppl", "bits/byte", "tokens"]

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO
-from test_evaluate import quiet_env, train_tiny_run  # one training run per session, shared
+from helpers import REPO, quiet_env
 from tinylm.evaluate import load_for_inference
 from tinylm.generate import _Row, _take, generate, sample_next
 from tinylm.model import GPT, GPTConfig, KVCache
@@ -34,9 +33,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, on
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    """The last checkpoint of the session's tiny run (scripts/train.py, 10 steps)."""
-    return train_tiny_run(tmp_path_factory.getbasetemp() / "tiny-run") / "checkpoints" / "step-10"
+def ckpt(tiny_run: Path) -> Path:
+    """The last checkpoint of the session's tiny run (conftest, 10 steps)."""
+    return tiny_run / "checkpoints" / "step-10"
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +243,8 @@ def test_script_end_to_end(ckpt, tok, tmp_path):
     args = ["--prompt", "The", "--prompt", "In the beginning", "--max-new-tokens", "30",
             "--seed", "11", "--temperature", "1.0", "--top-k", "40", "--stop", "\n\n"]
     proc = subprocess.run([sys.executable, str(SCRIPT), str(ckpt.parent.parent), *args],
-                          capture_output=True, text=True, env=quiet_env(tmp_path), cwd=REPO)
+                          capture_output=True, text=True, env=quiet_env(tmp_path), cwd=REPO,
+                          timeout=300)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     model, _, _ = load_for_inference(ckpt)
     texts = generate(model, tok, ["The", "In the beginning"], 30, temperature=1.0, top_k=40,

@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -42,6 +43,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, corpus):
                                                 "checkpoint.interval": 0, "eval.interval": 0})
     p = subprocess.Popen(TRAIN + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          env=env(tmp_path), cwd=REPO)
+    watchdog = threading.Timer(180, p.kill)  # a run that never prints its step lines can't hang us
+    watchdog.start()
     lines = []
     for line in p.stdout:  # wait until it is really training
         lines.append(line)
@@ -49,6 +52,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path, corpus):
             break
     p.send_signal(signal.SIGTERM)
     out = "".join(lines) + p.communicate(timeout=120)[0]
+    watchdog.cancel()
     assert p.returncode == 128 + signal.SIGTERM, out[-2000:]
     assert "received signal SIGTERM" in out
     saved = list((tmp_path / "run" / "checkpoints").glob("step-*"))

@@ -17,7 +17,7 @@ import difflib
 import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -48,7 +48,7 @@ class OptimConfig:
     beta2: float = 0.95  # 0.95 rather than 0.999: steadier for small-batch LM training
     grad_clip: float = 1.0  # clip the global grad norm; 0 disables
     mixed_precision: str = "auto"  # "auto" = bf16 where the hardware supports it; "no", "bf16", "fp16"
-    compile: bool = False  # torch.compile: faster steady state, 20-30 s first compile on CPU
+    compile: bool = False  # torch.compile: faster steady state, slow first compile (docs/performance.md)
     adamw: str = "fused"  # "fused" (one kernel for all tensors, CPU and GPU), "foreach", "loop"
 
     def __post_init__(self) -> None:

@@ -4,7 +4,7 @@ One string names a source. It is resolved in this order, first match wins:
 
 1. ``"python-docs"``: the built-in corpus, English prose from the running Python itself:
    ``pydoc_data.topics`` (the language reference) and stdlib docstrings over 80 characters,
-   one document each. About 2 MB, offline, on every Python install; built once (~5 s) into
+   one document each. About 2 MB, offline, on every Python install; built once into
    ``<data dir>/python-docs-<python version>.jsonl`` and reused from there.
 2. An existing path:
    - a local clone of a Hub dataset repo (its README's YAML header declares ``configs:``):
@@ -29,8 +29,8 @@ and make bits per byte differ between two copies of the same text); line breaks 
 kept; a file that is not UTF-8 is one ``DataError`` naming the file and the offset of the first
 bad byte. Text files are streamed in rows of about 16 KB cut after a line break, so a corpus
 larger than memory is never held whole: rows land in an arrow file that ``datasets``
-memory-maps. (16 KB: ``encode_batch`` runs rows in parallel and was fastest on 16 KB rows,
-~1.5-2x faster than on 256 KB-1 MB ones; and a map batch of 256 rows stays ~4 MB of text.)
+memory-maps. (16 KB: ``encode_batch`` runs rows in parallel and was fastest on rows of this
+size, see docs/performance.md; and a map batch of 256 rows stays ~4 MB of text.)
 
 Rows have two columns: ``text`` and ``doc_end`` (True on the last row of a document, where the
 end-of-text token goes). Table sources keep their own columns; each row is one document.

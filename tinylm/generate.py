@@ -101,7 +101,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     # One uniform per row against the cumulative distribution: the same law as
-    # torch.multinomial, which took twice as long here (measured at vocab 4096).
+    # torch.multinomial, which was slower (docs/performance.md).
     cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
     u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp_max_(cdf.size(-1) - 1).squeeze(-1)

@@ -47,7 +47,7 @@ class GPTConfig:
     @property
     def padded_vocab_size(self) -> int:
         """Rows of the embedding/head matrix: ``vocab_size`` rounded up to a multiple of 64,
-        so the head matmul gets aligned shapes (nanoGPT's 50257 -> 50304 gave ~25% on GPUs).
+        so the head matmul gets aligned shapes (nanoGPT reports 50257 -> 50304 as a large win on GPUs).
         The extra rows start at zero, are never an input id and never a logit column."""
         return 64 * math.ceil(self.vocab_size / 64)
 
