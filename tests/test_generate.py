@@ -90,21 +90,33 @@ def test_windows_follow_the_documented_policy(model, tok):
                         stop_at_eot=False) == [reference]
 
 
-def test_one_token_steps_equal_full_recomputation_on_a_padded_batch(model, tok):
-    """The decoding path (GPT.forward's one-token case: rotary as one matmul, no causal mask)
-    gives each row's logits as a full forward of that row alone would."""
+def test_decode_steps_equal_full_recomputation_on_a_padded_batch(model, tok):
+    """GPT.decode_step (the lean one-token path generate uses) gives each row's logits as a
+    full forward of that row alone would; a subclass or a hooked model takes GPT.forward's
+    module path and gives the same."""
+    class PlainGPT(GPT):
+        pass
+
+    sub = PlainGPT(model.config).eval()
+    sub.load_state_dict(model.state_dict())
+    hooked = GPT(model.config).eval()
+    hooked.load_state_dict(model.state_dict())
+    calls = []
+    hooked.layers[0].register_forward_hook(lambda *_: calls.append(1))
     ids = torch.randint(0, tok.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    cache = KVCache(model.config, 2)
-    cache.pad_mask = torch.ones(2, cache.max_len, dtype=torch.bool)
-    cache.pad_mask[1, :3] = False  # row 1 is left-padded by 3
-    with torch.inference_mode():
-        model(ids[:, :6], cache=cache)
-        for t in range(6, 12):
-            step = model(ids[:, t:t + 1], cache=cache, last_only=True)[:, -1]
-            for row, start in ((0, 0), (1, 3)):
-                full = model(ids[row:row + 1, start:t + 1])[0, -1]
-                torch.testing.assert_close(step[row], full, rtol=1e-5, atol=1e-5)
-    assert cache.pos == 12
+    for m in (model, sub, hooked):
+        cache = KVCache(model.config, 2)
+        cache.pad_mask = torch.ones(2, cache.max_len, dtype=torch.bool)
+        cache.pad_mask[1, :3] = False  # row 1 is left-padded by 3
+        with torch.inference_mode():
+            m(ids[:, :6], cache=cache)
+            for t in range(6, 12):
+                step = m.decode_step(ids[:, t:t + 1], cache)
+                for row, start in ((0, 0), (1, 3)):
+                    full = model(ids[row:row + 1, start:t + 1])[0, -1]
+                    torch.testing.assert_close(step[row], full, rtol=1e-5, atol=1e-5)
+        assert cache.pos == 12
+    assert len(calls) == 1 + 6  # the hooked model's block ran as a module on every step
 
 
 def test_same_seed_same_text_other_seed_other_text(model, tok):

@@ -86,10 +86,12 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     and draw one token per row with ``generator``. Tokens left with probability 0 are never
     drawn.
     """
-    logits = logits.float()
+    if logits.dtype != torch.float32:
+        logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -266,8 +268,8 @@ def generate(
                     if cut != starts:
                         starts, logits = cut, None
                         continue
-                if use_cache:  # one new token: GPT.forward's lean one-token case
-                    logits = model(seq[:, length - 1:length], cache=cache, last_only=True)[:, -1]
+                if use_cache:  # one new token per row: the model's lean one-token path
+                    logits = model.decode_step(seq[:, length - 1:length], cache)
                 else:
                     logits = None
     finally:

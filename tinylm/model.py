@@ -6,7 +6,10 @@ names follow Llama's (``embed_tokens``, ``layers.i.self_attn``, ``mlp``, ``norm`
 ``lm_head``) except that q/k/v and gate/up are fused into one matmul each for speed (an export
 splits them back), and rotary uses Llama's rotate-half layout.
 
-Reads top to bottom: config, building blocks, the KV cache, the model.
+Reads top to bottom: config, rotary, the KV cache, the block math (:func:`block`, defined
+once: training, prefill and :meth:`GPT.decode_step` all run it), the modules that hold the
+weights, the model. Vocab padding lives here too: ``vocab_size`` is the tokenizer's, the tied
+matrix has ``padded_vocab_size`` rows, and logits have exactly ``vocab_size`` columns.
 """
 
 from __future__ import annotations
@@ -80,31 +83,35 @@ def rotary_cos_sin(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-class Rotary:
-    """Rotates queries and keys (B, H, T, D) by their positions; Llama's rotate-half layout.
+def rotation_matrices(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(T, D, D) matrices with ``x @ m[t] == x * cos[t] + rotate_half(x) * sin[t]``."""
+    d = cos.size(-1)
+    eye = torch.eye(d, device=cos.device, dtype=cos.dtype)
+    half = torch.cat((-eye[:, d // 2:], eye[:, :d // 2]), dim=-1)  # rows rotate basis vectors
+    return eye * cos[:, None, :] + half * sin[:, None, :]
 
-    For one new position (a decoding step) q and k are rotated together by one (D, D)
-    matrix: one matmul instead of ~10 tiny elementwise kernels per layer, which is most of a
-    batch-1 step's cost on a CPU. Both forms are the same rotation.
+
+class Rotary:
+    """Rotates queries and keys by their positions; Llama's rotate-half layout.
+
+    q and k are rotated together, as the fused projection lays them out: (B, T, 2, H, D).
+    For one new position (a decoding step) ``matrix`` (D, D) does it in one matmul instead of
+    a handful of tiny elementwise kernels per layer, which is most of a batch-1 step's cost on
+    a CPU. Both forms are the same rotation.
     """
 
-    def __init__(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
-        self.cos, self.sin = cos, sin  # (T, D) each
-        self.matrix: torch.Tensor | None = None
-        if cos.size(0) == 1:  # x @ matrix == x * cos + rotate_half(x) * sin
-            d = cos.size(-1)
-            eye = torch.eye(d, device=cos.device, dtype=cos.dtype)
-            half = torch.cat((-eye[:, d // 2:], eye[:, :d // 2]), dim=-1)
-            self.matrix = eye * cos + half * sin
+    def __init__(self, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                 matrix: torch.Tensor | None = None) -> None:
+        self.cos, self.sin, self.matrix = cos, sin, matrix  # (T, D) each, or one (D, D)
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.matrix is not None:
-            return torch.stack((q, k)).matmul(self.matrix).unbind(0)
-        return self._rotate(q), self._rotate(k)
-
-    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * self.cos + torch.cat((-x2, x1), dim=-1) * self.sin
+    def __call__(self, qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, 2, H, D) -> rotated q and k, (B, H, T, D) each."""
+        B, T, two, H, D = qk.shape
+        if self.matrix is not None:  # one position: everything else folds into one mm
+            return torch.mm(qk.reshape(-1, D), self.matrix).view(B, two, H, 1, D).unbind(1)
+        cos, sin = self.cos[:, None, None, :], self.sin[:, None, None, :]  # over (2, H)
+        x1, x2 = qk.chunk(2, dim=-1)
+        return (qk * cos + torch.cat((-x2, x1), dim=-1) * sin).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 class RMSNorm(nn.Module):
@@ -134,67 +141,107 @@ class KVCache:
         shape = (config.n_layer, batch_size, config.n_head, self.max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.layers = [(self.k[i], self.v[i]) for i in range(config.n_layer)]  # views, once
         self.cos, self.sin = rotary_cos_sin(torch.arange(self.max_len, device=device),
                                             config.head_dim, config.rope_theta, dtype)
         self.pos = 0  # number of positions already filled
         self.pad_mask: torch.Tensor | None = None
+        self._matrices: torch.Tensor | None = None  # built on the first one-token step
+        self._weights: tuple | None = None  # the model's weights, for decoding steps
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.pos + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} positions needed, max_len={self.max_len}")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def decode_weights(self, model: "GPT") -> tuple | None:
+        """(embedding, each block's weights, final norm, head) of ``model``, gathered on the
+        first decoding step (the same tensors, no copies) for :meth:`GPT.decode_step`. None
+        when the model or a block is a subclass, or a module carries hooks (FSDP, tracing):
+        those must be called as modules."""
+        if self._weights is None:
+            mods = [model, model.embed_tokens, model.norm, model.lm_head, *model.layers]
+            plain = (type(model) is GPT and all(type(b) is Block for b in model.layers)
+                     and not any(m._forward_hooks or m._forward_pre_hooks for m in mods))
+            self._weights = (model.embed_tokens.weight, [b.weights() for b in model.layers],
+                             model.norm.weight, model.lm_head.weight) if plain else ()
+        return self._weights or None
+
+    def rotary(self, T: int) -> Rotary:
+        """The rotation for the next ``T`` positions; a one-token step gets its matrix."""
+        if T != 1:
+            return Rotary(self.cos[self.pos:self.pos + T], self.sin[self.pos:self.pos + T])
+        if self._matrices is None:
+            self._matrices = rotation_matrices(self.cos, self.sin)
+        return Rotary(None, None, self._matrices[self.pos])
+
+
+# -- the block math, defined once: training, prefill and decoding steps all run block() --------
+
+def block(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: int, eps: float,
+          rotary: Rotary, layer: int, cache: KVCache | None, mask,
+          dropout: float = 0.0) -> torch.Tensor:
+    """One pre-norm transformer block on x (B, T, C); ``weights`` as :meth:`Block.weights`.
+
+    Attention: one fused q/k/v matmul, rotary on q and k together, this layer's slice of the
+    KV cache (when decoding), SDPA, the output projection. MLP: SwiGLU, gate and up in one
+    matmul. One flat function on purpose: a decoding step is ~40 tiny ops, where the calls
+    between modules and functions would cost a third of its time on a CPU.
+    """
+    norm1, qkv_w, o_w, norm2, gate_up_w, down_w = weights
+    B, T, C = x.shape
+    qkv = F.linear(F.rms_norm(x, (C,), norm1, eps), qkv_w).view(B, T, 3, n_head, C // n_head)
+    q, k = rotary(qkv[:, :, :2])  # (B, H, T, D) each
+    v = qkv[:, :, 2].transpose(1, 2)
+    if cache is not None:  # append this step's keys and values, attend over all so far
+        keys, values = cache.layers[layer]
+        start, end = cache.pos, cache.pos + T
+        keys[:, :, start:end], values[:, :, start:end] = k, v
+        k, v = keys[:, :, :end], values[:, :, :end]
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                       dropout_p=dropout)
+    y = y.view(B, 1, C) if T == 1 else y.transpose(1, 2).reshape(B, T, C)  # heads side by side
+    h = F.linear(y, o_w)
+    x = x + (F.dropout(h, dropout) if dropout else h)
+    gate, up = F.linear(F.rms_norm(x, (C,), norm2, eps), gate_up_w).chunk(2, dim=-1)
+    h = F.linear(F.silu(gate) * up, down_w)
+    return x + (F.dropout(h, dropout) if dropout else h)
 
 
 class Attention(nn.Module):
+    """The attention weights, under Llama's names (q/k/v fused); the math is :func:`block`."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.n_head, self.head_dim = config.n_head, config.head_dim
-        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # one matmul
+        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.dropout = config.dropout
-
-    def forward(self, x, rotary: Rotary, layer: int, cache: KVCache | None, mask) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv_proj(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = rotary(q, k)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class MLP(nn.Module):
-    """SwiGLU: at equal parameter count it trains to lower loss than GELU (Shazeer 2020), and
-    it is Llama's MLP, which keeps the export door open. gate and up share one matmul."""
+    """The SwiGLU weights (gate and up fused); the math is :func:`block`. SwiGLU: at equal
+    parameter count it trains to lower loss than GELU (Shazeer 2020), and it is Llama's MLP,
+    which keeps the export door open."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.gate_up_proj = nn.Linear(config.n_embd, 2 * config.hidden_dim, bias=False)
         self.down_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
-
 
 class Block(nn.Module):
+    """Modules hold the weights (names follow Llama's); the math is :func:`block`."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
         self.mlp = MLP(config)
-        self.drop = nn.Dropout(config.dropout)
+        self.n_head, self.eps, self.dropout = config.n_head, config.norm_eps, config.dropout
+
+    def weights(self) -> tuple[torch.Tensor, ...]:
+        a, m = self.self_attn, self.mlp
+        return (self.input_layernorm.weight, a.qkv_proj.weight, a.o_proj.weight,
+                self.post_attention_layernorm.weight, m.gate_up_proj.weight, m.down_proj.weight)
 
     def forward(self, x, rotary: Rotary, layer: int, cache: KVCache | None, mask) -> torch.Tensor:
-        x = x + self.drop(self.self_attn(self.input_layernorm(x), rotary, layer, cache, mask))
-        return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
+        return block(x, self.weights(), self.n_head, self.eps, rotary, layer, cache, mask,
+                     self.dropout if self.training else 0.0)
 
 
 class GPT(TieGuarded):
@@ -275,28 +322,51 @@ class GPT(TieGuarded):
                 f"sequence of {start + T} tokens exceeds the context "
                 f"({cache.max_len if cache is not None else self.config.block_size})"
             )
-        x = self.drop(self.embed_tokens(idx))
+        c = self.config
+        x = self.embed_tokens(idx)
+        if c.dropout and self.training:
+            x = self.drop(x)
         if cache is not None:  # tables computed once per generation
-            rotary = Rotary(cache.cos[start:start + T], cache.sin[start:start + T])
+            rotary = cache.rotary(T)
         else:
-            positions = torch.arange(T, device=idx.device)
-            rotary = Rotary(*rotary_cos_sin(positions, self.config.head_dim,
-                                            self.config.rope_theta, x.dtype))
+            rotary = Rotary(*rotary_cos_sin(torch.arange(T, device=idx.device), c.head_dim,
+                                            c.rope_theta, x.dtype))
         mask = self._attention_mask(cache, T, idx.device)
-        for i, block in enumerate(self.layers):
-            x = block(x, rotary, i, cache, mask)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rotary, i, cache, mask)
         if cache is not None:
             cache.pos += T
-        x = self.norm(x)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(x)[..., :self.config.vocab_size]  # a view; no-op when unpadded
+        logits = self.lm_head(self.norm(x))
+        if c.padded_vocab_size != c.vocab_size:
+            logits = logits[..., :c.vocab_size]  # a view: the padding rows are no token
         if targets is None:
             return logits
         loss = F.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
         )
         return logits, loss
+
+    def decode_step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, vocab_size) after feeding one new token per row, ids (B, 1), at
+        ``cache.pos``; advances the cache. The same :func:`block` as :meth:`forward` on the
+        same weights, called directly: a step is ~40 tiny ops, where module calls and
+        attribute lookups would cost a large part of its time on a CPU. A model whose
+        modules carry hooks, or a subclass, goes through :meth:`forward` instead. Call it
+        under ``torch.inference_mode()``, as :func:`tinylm.generate.generate` does."""
+        weights = cache.decode_weights(self)
+        if weights is None or cache.pos >= cache.max_len:  # (forward raises the overflow)
+            return self(ids, cache=cache, last_only=True)[:, -1]
+        embed_w, blocks, norm_w, head_w = weights
+        c = self.config
+        rotary, mask = cache.rotary(1), self._attention_mask(cache, 1, ids.device)
+        x = F.embedding(ids, embed_w)
+        for i, weights_i in enumerate(blocks):
+            x = block(x, weights_i, c.n_head, c.norm_eps, rotary, i, cache, mask)
+        cache.pos += 1
+        logits = F.linear(F.rms_norm(x[:, -1], (c.n_embd,), norm_w, c.norm_eps), head_w)
+        return logits[:, :c.vocab_size] if c.padded_vocab_size != c.vocab_size else logits
 
     @staticmethod
     def _attention_mask(cache: KVCache | None, T: int, device) -> torch.Tensor | None:

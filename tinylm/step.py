@@ -70,7 +70,7 @@ class LocalRuntime:
         return nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.grad_accum).backward()  # as accelerate scales it
+        (loss / self.grad_accum if self.grad_accum > 1 else loss).backward()  # as accelerate does
 
     def clip_grad_norm_(self, params, max_norm: float) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
