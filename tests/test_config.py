@@ -58,8 +58,8 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
-    (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    (tmp_path / "broken.yaml").write_text("model:\n  n_layer: 2\n  n_head: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML at line 4, column 1: "):
         load_config(tmp_path / "broken.yaml")
 
 
@@ -67,3 +67,28 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config("configs/tiny.yaml", ["model.n_layer=5"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.batch_size=0", "override 'optim.batch_size=0': optim.batch_size=0: expected >= 1"),
+    ("optim.lr=-1", "override 'optim.lr=-1': optim.lr=-1.0: expected a positive learning rate"),
+    ("optim.max_steps=0", "override 'optim.max_steps=0': optim.max_steps=0: expected >= 1"),
+    ("model.block_size=0", "override 'model.block_size=0': model.block_size=0 must be positive"),
+    ("eval.batch_size=0", "override 'eval.batch_size=0': eval.batch_size=0: expected >= 1"),
+    ("log.interval=0", "override 'log.interval=0': log.interval=0: expected >= 1"),
+    ("checkpoint.keep_last=-1", "override 'checkpoint.keep_last=-1': checkpoint.keep_last=-1: "
+                                "expected >= 0 (0 keeps every checkpoint)"),
+])
+def test_every_value_is_validated_and_the_override_named(override, message):
+    """Caught at load time, before anything is written; the override at fault is named, not
+    the config file (a value the file itself gets wrong names the file)."""
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/tiny.yaml", ["model.n_layer=3", override])
+    assert str(e.value) == message
+
+
+def test_a_bad_value_in_the_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  grad_accum: 0\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: optim.grad_accum=0: expected >= 1"):
+        load_config(bad, ["model.n_layer=3"])

@@ -153,7 +153,11 @@ def test_missing_checkpoint_and_bad_arguments_are_one_line_exit_2(ckpt: Path, tm
     cases = [([str(tmp_path / "nope")], "not a checkpoint"),
              ([str(ckpt), "--block-size", "33"], "block_size=33: expected 1..32"),
              ([str(ckpt), "--data", str(tmp_path / "missing.txt")], "missing.txt"),
-             ([str(ckpt), "--batch-size", "x"], "invalid int value")]
+             ([str(ckpt), "--batch-size", "x"], "invalid int value"),
+             # an output that can't be written is refused before the evaluation runs
+             ([str(ckpt), "--json", str(tmp_path / "blocker" / "out.json")],
+              f"--json={tmp_path / 'blocker'}: not a writable directory")]
+    (tmp_path / "blocker").write_text("a file, not a directory")
     for argv, message in cases:
         try:
             code = script_main(argv)

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import re
 import signal
 
 import pytest
@@ -173,3 +174,111 @@ def test_init_from_a_student_checkpoint(tmp_path, corpus):
                      **{"optim.max_steps": 5, "model.n_layer": 4, "checkpoint.init_from": out})
     assert captured["n_layer"] == 2  # the student's shape wins over model.n_layer
     assert summary["step"] == 5
+
+
+# -- reliability: nothing poisoned, nothing half-written, no silent resume -------------------
+
+def test_a_nan_gradient_stops_before_the_update_and_names_a_good_checkpoint(tmp_path, corpus):
+    """The case that once saved an all-NaN step-3 and called it "last good": lr 1e6, a
+    checkpoint every step. The loss can still be finite when the gradient norm is not."""
+    with pytest.raises(TrainingDiverged) as e:
+        run(tmp_path, corpus, **{"optim.lr": 1e6, "checkpoint.interval": 1,
+                                 "checkpoint.keep_last": 0, "optim.max_steps": 30})
+    named = re.search(r"Last good checkpoint: (\S+)$", str(e.value)).group(1)
+    saved = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert saved and named == str(saved[-1])  # the newest written, and it is good:
+    for step_dir in saved:
+        model, _ = ckpt.load_model(step_dir)
+        assert all(torch.isfinite(p).all() for p in model.parameters()), step_dir.name
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*"))  # no temp dirs left
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, corpus):
+    def poison(model, step):  # finite loss and gradients are not enough: look at the weights
+        if step == 10:
+            with torch.no_grad():
+                model.layers[0].mlp.down_proj.weight[0, 0] = float("inf")
+
+    with pytest.raises(TrainingDiverged, match=r"weights are not finite at step 10 .*step-5$"):
+        run(tmp_path, corpus, TrainHooks(after_step=poison),
+            **{"optim.max_steps": 20, "checkpoint.interval": 5})
+    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").iterdir())] == ["step-5"]
+
+
+@pytest.mark.parametrize("key, value", [("optim.batch_size", 4), ("optim.grad_accum", 2),
+                                        ("data.source", "python-docs")])
+def test_a_resume_that_is_not_the_same_run_is_refused(tmp_path, corpus, key, value):
+    run(tmp_path, corpus, **{"optim.max_steps": 5})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    step5 = tmp_path / "run" / "checkpoints" / "step-5"
+    with pytest.raises(ckpt.CheckpointError, match=f"cannot resume with {key}={value}: the "
+                                                   f"checkpoint was trained with {key}="):
+        run(tmp_path, corpus, **{"optim.max_steps": 10, "checkpoint.resume": step5, key: value})
+
+
+def test_a_missing_rng_file_is_refused(tmp_path, corpus):
+    run(tmp_path, corpus, **{"optim.max_steps": 5})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    step5 = tmp_path / "run" / "checkpoints" / "step-5"
+    (step5 / ckpt.STATE_DIR / "random_states_0.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(ckpt.CheckpointError, match="random_states_0.pkl: missing or unreadable"):
+        run(tmp_path, corpus, **{"optim.max_steps": 10, "checkpoint.resume": "auto"})
+
+
+def test_a_full_disk_while_saving_is_one_error_and_loses_nothing(tmp_path, corpus, monkeypatch):
+    real = ckpt.save_file
+
+    def save_file(tensors, path, metadata=None):
+        if ".step-10.tmp" in str(path):
+            raise OSError(28, "No space left on device")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(ckpt, "save_file", save_file)
+    with pytest.raises(ckpt.CheckpointError, match=r"step-10: not saved \(No space left on device\)"):
+        run(tmp_path, corpus, **{"optim.max_steps": 20, "checkpoint.interval": 5})
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in sorted(root.iterdir())] == ["step-5"]  # temp removed, step-5 whole
+    ckpt.load_model(root / "step-5")
+
+
+def test_metrics_after_a_resume_have_one_record_per_step(tmp_path, corpus):
+    run(tmp_path, corpus, **{"optim.max_steps": 20, "checkpoint.interval": 10,
+                             "checkpoint.keep_last": 0})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    step10 = tmp_path / "run" / "checkpoints" / "step-10"  # as if killed after step 20's logs
+    run(tmp_path, corpus, **{"optim.max_steps": 20, "checkpoint.resume": step10})
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["kind"], r["step"]) for r in records]
+    assert len(keys) == len(set(keys)) and ("train", 20) in keys
+
+
+def test_every_checkpoint_file_gets_the_same_mode(tmp_path, corpus):
+    run(tmp_path, corpus, **{"optim.max_steps": 5})
+    step5 = tmp_path / "run" / "checkpoints" / "step-5"
+    modes = {f.name: f.stat().st_mode & 0o777 for f in step5.iterdir() if f.is_file()}
+    assert len(set(modes.values())) == 1, modes  # model.safetensors was once 0600
+
+
+def test_a_second_run_into_a_locked_run_dir_is_refused(tmp_path, corpus):
+    from tinylm.rundir import RunDirError, RunDirLock
+
+    (tmp_path / "run").mkdir()
+    holder = RunDirLock(tmp_path / "run")
+    try:
+        with pytest.raises(RunDirError, match=rf"run_dir={tmp_path / 'run'}: in use by another "
+                                              rf"run \(process {os.getpid()}\)"):
+            run(tmp_path, corpus, **{"optim.max_steps": 5})
+        assert not (tmp_path / "run" / "config.yaml").exists()  # nothing written
+    finally:
+        holder.release()
+    run(tmp_path, corpus, **{"optim.max_steps": 5})  # free again
+
+
+def test_an_unwritable_run_dir_is_one_error_before_any_work(tmp_path, corpus):
+    from tinylm.rundir import RunDirError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run dir should go")
+    with pytest.raises(RunDirError, match=rf"run_dir={blocker / 'run'}: not a writable directory"):
+        run(tmp_path, corpus, **{"run_dir": blocker / "run", "optim.max_steps": 5})
+    assert not (tmp_path / "data").exists()  # refused before preparing data

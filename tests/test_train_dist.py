@@ -76,6 +76,14 @@ def test_two_process_resume_equals_uninterrupted(tmp_path, corpus):
     assert a.returncode == 0, out_a[-2000:]
     b1, out_b1, res = launch(tmp_path / "b", corpus, "--stop-step", "10", **{"optim.max_steps": 20})
     assert [r.get("stopped_by") for r in res] == ["SIGTERM", "SIGTERM"], out_b1[-2000:]
+    # resuming a 2-process run with 1 process is refused, one line, nothing written
+    one = subprocess.run([sys.executable, str(TRAIN), "configs/tiny.yaml", *tiny_overrides(
+        tmp_path / "b", corpus, **{"optim.max_steps": 20, "checkpoint.resume": "auto"})],
+        capture_output=True, text=True, env=env(tmp_path), cwd=REPO, timeout=300)
+    assert one.returncode == 2 and one.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'b' / 'run' / 'checkpoints' / 'step-10'}: cannot resume with "
+        "processes=1: the checkpoint was trained with processes=2; resume with the same "
+        "processes, or start a new run_dir with checkpoint.init_from to keep the weights only"]
     b2, out_b2, res = launch(tmp_path / "b", corpus, **{"optim.max_steps": 20, "checkpoint.resume": "auto"})
     assert b2.returncode == 0 and "resumed from" in out_b2 and res[0]["step"] == 20, out_b2[-2000:]
     wa, _ = ckpt.read_weights(tmp_path / "a" / "run" / "checkpoints" / "step-20" / ckpt.MODEL_FILE)

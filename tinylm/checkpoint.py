@@ -26,8 +26,10 @@ read back from their tokenizer.json).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -216,13 +218,30 @@ def publish_student(out: Path, student: GPT, train_config: dict, tokenizer_path:
 
 # -- finding checkpoints --------------------------------------------------------------------
 
+REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE)
+
+
+def missing_files(ckpt: Path) -> list[str]:
+    """What a checkpoint directory lacks to be complete (a step-N is only ever renamed into
+    place whole, so this finds damage done by something else)."""
+    return [f for f in REQUIRED_FILES if not (ckpt / f).is_file()]
+
+
 def step_dirs(root: str | Path) -> list[tuple[int, Path]]:
-    """Complete step-<N> checkpoint directories under ``root``, oldest first."""
+    """Complete step-<N> checkpoint directories under ``root``, oldest first; an incomplete
+    one is skipped with a warning that names what it lacks."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
-    return sorted((s, p) for s, p in found if (p / CONFIG_FILE).is_file())
+    found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)))
+    complete = []
+    for step, path in found:
+        if lacking := missing_files(path):
+            warnings.warn(f"{path}: incomplete checkpoint (no {', '.join(lacking)}): skipped",
+                          stacklevel=2)
+        else:
+            complete.append((step, path))
+    return complete
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -234,6 +253,8 @@ def find_checkpoints(path: str | Path) -> list[Path]:
     """A checkpoint dir -> [it]; a run dir or checkpoints/ dir -> all its step dirs, in order."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
+        if lacking := missing_files(path):
+            raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(lacking)})")
         return [path]
     for root in (path / "checkpoints", path):
         dirs = step_dirs(root)
@@ -313,9 +334,22 @@ class Checkpointer:
         self.accelerator, self.interval, self.keep_last = accelerator, interval, keep_last
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
+            self._recover()
         # Our model.safetensors holds the weights (ties stored once); accelerate keeps the rest.
         accelerator.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
         accelerator.register_load_state_pre_hook(lambda models, inp: models.clear())
+
+    def _recover(self) -> None:
+        """Finish what a killed save left: a step-N renamed away (.step-N.old) whose new copy
+        never arrived comes back; half-deleted and half-written leftovers go."""
+        for old in self.root.glob(".step-*.old"):
+            final = self.root / old.name[1:-len(".old")]
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, final)
+        for junk in [*self.root.glob(".step-*.tmp"), *self.root.glob(".step-*.deleting")]:
+            shutil.rmtree(junk, ignore_errors=True)
 
     def due(self, step: int, max_steps: int) -> bool:
         return bool(self.interval) and step % self.interval == 0 and step < max_steps
@@ -325,26 +359,56 @@ class Checkpointer:
 
     def save(self, step: int, model: GPT, train_config: dict, tokenizer_path: Path,
              trainer_state: dict, extra: dict) -> Path:
+        """Collective. A failure on the main process (a full disk) removes the temp dir and
+        raises CheckpointError on every process; earlier checkpoints are untouched."""
         acc, final = self.accelerator, self.root / f"step-{step}"
         tmp = self.root / f".step-{step}.tmp"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp / STATE_DIR))  # optimizer, RNG of every process
-        if acc.is_main_process:
-            write_checkpoint(tmp, model, train_config, tokenizer_path, trainer_state,
-                             {"step": step, **extra})
-            publish_dir(tmp, final)
-            if self.keep_last > 0:
-                for _, old in step_dirs(self.root)[:-self.keep_last]:
-                    shutil.rmtree(old, ignore_errors=True)
+        error = [None]
+        try:
+            acc.save_state(str(tmp / STATE_DIR))  # optimizer, RNG of every process
+            if acc.is_main_process:
+                write_checkpoint(tmp, model, train_config, tokenizer_path, trainer_state,
+                                 {"step": step, **extra})
+                publish_dir(tmp, final)
+                self._prune()
+        except OSError as e:
+            error = [f"{final}: not saved ({e.strerror or e}); nothing was published, earlier "
+                     "checkpoints are intact"]
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+            broadcast_object_list(error)
+        if error[0]:
+            raise CheckpointError(error[0])
         return final
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep_last``; each older one is renamed away before it is
+        deleted, so a kill mid-delete leaves no step-N that looks complete but is not."""
+        if self.keep_last > 0:
+            for _, old in step_dirs(self.root)[:-self.keep_last]:
+                doomed = old.with_name(f".{old.name}.deleting")
+                os.replace(old, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
 
     def restore(self, ckpt: Path, model: GPT) -> dict:
         """Weights into ``model``, optimizer and RNG through accelerate; returns the trainer
-        state saved with them."""
+        state saved with them. This process's RNG file must be there and readable (accelerate
+        would skip it with an INFO line and resume with other random numbers)."""
+        from accelerate.utils import load
+
+        rng = ckpt / STATE_DIR / f"random_states_{self.accelerator.process_index}.pkl"
+        try:
+            load(rng)
+        except Exception as e:  # noqa: BLE001 - any failure to read it means the same
+            raise CheckpointError(f"{rng}: missing or unreadable ({type(e).__name__}); this "
+                                  "process's random state cannot be restored") from None
         load_weights(model, ckpt / MODEL_FILE)
         self.accelerator.load_state(str(ckpt / STATE_DIR))
         return read_trainer_state(ckpt)

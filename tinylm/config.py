@@ -34,6 +34,19 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key or file."""
 
 
+def require(section: str, obj: Any, rules: dict[str, tuple[Any, str]]) -> None:
+    """Raise ValueError "section.key=value: expected ..." for the first rule that fails; a rule
+    is key -> (predicate of the value, what is expected)."""
+    for key, (ok, expected) in rules.items():
+        value = getattr(obj, key)
+        if not ok(value):
+            raise ValueError(f"{section}.{key}={value!r}: expected {expected}")
+
+
+POSITIVE = (lambda v: v >= 1, ">= 1")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0 (0 turns it off)")
+
+
 @dataclass
 class OptimConfig:
     batch_size: int = 16  # sequences per process per micro-step
@@ -59,6 +72,15 @@ class OptimConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"optim.{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
+        require("optim", self, {
+            "batch_size": POSITIVE, "grad_accum": POSITIVE, "max_steps": POSITIVE,
+            "lr": (lambda v: 0 < v < float("inf"), "a positive learning rate"),
+            "min_lr_ratio": (lambda v: 0 <= v <= 1, "0..1"),
+            "warmup_steps": (lambda v: v >= 0, ">= 0"),
+            "weight_decay": (lambda v: v >= 0, ">= 0"),
+            "beta1": (lambda v: 0 <= v < 1, "0 <= beta1 < 1"),
+            "beta2": (lambda v: 0 <= v < 1, "0 <= beta2 < 1"),
+            "grad_clip": NON_NEGATIVE})
 
 
 @dataclass
@@ -66,6 +88,10 @@ class EvalConfig:
     interval: int = 200  # optimizer steps between evals (0 = only at the end)
     max_batches: int = 20  # cap for periodic evals (0 = whole val split); the final eval covers all
     batch_size: int = 16  # sequences per process per eval batch
+
+    def __post_init__(self) -> None:
+        require("eval", self, {"interval": NON_NEGATIVE, "max_batches": NON_NEGATIVE,
+                               "batch_size": POSITIVE})
 
 
 @dataclass
@@ -75,6 +101,10 @@ class CheckpointConfig:
     resume: str = ""  # "" = fresh start; "auto" = latest in run_dir; or a checkpoint dir
     init_from: str = ""  # start from these weights only (e.g. make_student.py output); its shape wins
 
+    def __post_init__(self) -> None:
+        require("checkpoint", self, {"interval": NON_NEGATIVE, "keep_last": (
+            lambda v: v >= 0, ">= 0 (0 keeps every checkpoint)")})
+
 
 @dataclass
 class LogConfig:
@@ -83,10 +113,17 @@ class LogConfig:
     project: str = "tinylm"
     plot: bool = True  # write loss.png (train and val curves) at the end
 
+    def __post_init__(self) -> None:
+        require("log", self, {"interval": POSITIVE, "wandb": (
+            lambda v: v in ("offline", "online", "disabled"), "one of offline, online, disabled")})
+
 
 @dataclass
 class SyncCheckConfig:
     interval: int = 100  # optimizer steps between checks (the first step is always checked; 0 = off)
+
+    def __post_init__(self) -> None:
+        require("sync_check", self, {"interval": NON_NEGATIVE})
 
 
 @dataclass
@@ -103,6 +140,10 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     sync_check: SyncCheckConfig = field(default_factory=SyncCheckConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)  # off unless distill.teacher is set
+
+    def __post_init__(self) -> None:
+        require("", self, {"run_dir": (bool, "a directory"), "cpu_threads": (
+            lambda v: v >= 0, ">= 0 (0 = cores / local processes)")})
 
 
 def _closest(key: str, node: Any) -> str:
@@ -153,12 +194,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     path = resolve_config_path(path)
     try:
         file_cfg = OmegaConf.load(path)
-    except Exception as e:  # yaml errors carry the line and column
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # yaml's errors carry a mark: the line and column of the problem
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(file_cfg, DictConfig):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     try:
-        cfg = OmegaConf.merge(cfg, file_cfg)
+        cfg = file_cfg_merged = OmegaConf.merge(cfg, file_cfg)
     except OmegaConfBaseException as e:
         raise _explain(e, schema, str(path)) from None
     for ov in overrides or []:
@@ -169,9 +213,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except OmegaConfBaseException as e:
             raise _explain(e, schema, f"override '{ov}'") from None
     try:
-        return OmegaConf.to_object(cfg)  # runs each dataclass's own validation
+        return _validated(cfg)
+    except ConfigError as e:  # name the override that made it invalid, if one did
+        blame = str(path)
+        for i, ov in enumerate(overrides if _is_valid(file_cfg_merged) else []):
+            try:
+                _validated(OmegaConf.merge(file_cfg_merged, OmegaConf.from_dotlist(overrides[:i + 1])))
+            except ConfigError:
+                blame = f"override '{ov}'"
+                break
+        raise ConfigError(f"{blame}: {e}") from None
+
+
+def _validated(cfg: DictConfig) -> TrainConfig:
+    """Each section's own validation (dataclass __post_init__), its key named in full."""
+    try:
+        return OmegaConf.to_object(cfg)
     except (ValueError, OmegaConfBaseException) as e:
-        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+        msg = str(e).splitlines()[0]
+        section = next((k for k in ("model", "data", "optim", "eval", "checkpoint", "log",
+                                    "sync_check", "distill") if _fails(cfg, k)), None)
+        if section and not msg.startswith(f"{section}."):
+            msg = f"{section}.{msg}"  # GPTConfig's messages are the model section's
+        raise ConfigError(msg.lstrip(".")) from None
+
+
+def _is_valid(cfg: DictConfig) -> bool:
+    try:
+        _validated(cfg)
+        return True
+    except ConfigError:
+        return False
+
+
+def _fails(cfg: DictConfig, section: str) -> bool:
+    try:
+        OmegaConf.to_object(cfg[section])
+        return False
+    except (ValueError, OmegaConfBaseException):
+        return True
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

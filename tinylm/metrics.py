@@ -50,6 +50,14 @@ class MetricsFile:
                 f.write(json.dumps(record) + "\n")
 
 
+    def truncate_after(self, step: int) -> None:
+        """Drop the records a killed run logged after the checkpoint a resume starts from:
+        the resumed run logs those steps again, and every step must have one value."""
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        if self.path.is_file():
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -92,10 +100,12 @@ class RunLogger:
     default, through accelerate). It also decides the cadence of train lines."""
 
     def __init__(self, run_dir: Path, accelerator, cfg, config_dict: dict, max_steps: int,
-                 run_id: str | None) -> None:
+                 run_id: str | None, resumed_at: int = 0) -> None:
         self.accelerator, self.interval, self.max_steps = accelerator, cfg.interval, max_steps
         self.main = accelerator.is_main_process
         self.metrics = MetricsFile(Path(run_dir) / "metrics.jsonl", enabled=self.main)
+        if self.main and resumed_at:
+            self.metrics.truncate_after(resumed_at)
         self.run_id = run_id
         if cfg.wandb != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")

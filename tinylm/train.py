@@ -26,7 +26,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from tinylm.checkpoint import Checkpointer, init_from, init_model_config, resolve_resume
+from tinylm.checkpoint import (CheckpointError, Checkpointer, init_from, init_model_config,
+                               read_config, read_trainer_state, resolve_resume)
 from tinylm.config import TrainConfig, config_to_dict, save_config
 from tinylm.data import EvalBlocks, TrainBatches, prepare
 from tinylm.distill import load_teacher
@@ -34,6 +35,7 @@ from tinylm.evaluate import EvalResult, Evaluator
 from tinylm.metrics import RunLogger, plot_losses
 from tinylm.model import GPT
 from tinylm.optim import build_optimizer
+from tinylm.rundir import LauncherWatch, RunDirError, RunDirLock, require_writable
 from tinylm.step import StepStats, TrainingDiverged, resolve_mixed_precision, train_step
 from tinylm.sync_check import SyncChecker, check_tied_sync
 from tinylm.tying import check_ties
@@ -102,8 +104,8 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.accelerator = acc = self._make_accelerator(cfg)
         self.main = acc.is_main_process
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = self._claim_run_dir()  # before anything is written there
+        self.launcher = LauncherWatch()
         set_seed(cfg.seed)
         # -- data: the main process prepares (tokenizer, token files) while the others wait
         self.data = prepare(cfg.data, accelerator=acc)
@@ -133,6 +135,7 @@ class Trainer:
         check_ties(self.model)  # wrapping (DDP, compile) must keep the tie, or we stop here
         self.state = TrainState()
         if resume_from is not None:
+            self._require_same_run(resume_from)
             self.state.load_state_dict(self.checkpointer.restore(resume_from, self.raw_model),
                                        self.tokens_per_step)
             self.batches.load_state_dict(self.state.data)
@@ -141,11 +144,50 @@ class Trainer:
             save_config(self.cfg, self.run_dir / "config.yaml")
         self.sync = SyncChecker(cfg.sync_check.interval, first_step=self.state.step)
         self.logger = RunLogger(self.run_dir, acc, cfg.log, config_to_dict(self.cfg), o.max_steps,
-                                self.state.tracker_run_id)
+                                self.state.tracker_run_id, resumed_at=self.state.step)
         self.state.tracker_run_id = self.logger.run_id
         self.print(f"model: {self.raw_model.num_params() / 1e6:.2f}M parameters (tied matrix "
                    f"counted once), vocab {model_cfg.vocab_size}, context {T}; train "
                    f"{self.meta['train_tokens']:,} tokens, val {self.meta['val_tokens']:,} tokens")
+
+    def _claim_run_dir(self) -> RunDirLock | None:
+        """The main process checks run_dir is writable and locks it; a failure there is the
+        same one-line error on every process."""
+        lock, error = None, [None]
+        if self.main:
+            try:
+                require_writable(self.run_dir, "run_dir")
+                lock = RunDirLock(self.run_dir)
+            except RunDirError as e:
+                error = [str(e)]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+            broadcast_object_list(error)
+        if error[0]:
+            self.accelerator.end_training()
+            raise RunDirError(error[0])
+        return lock
+
+    def _require_same_run(self, ckpt: Path) -> None:
+        """A resume continues the run it says it continues, or says why not, in one line.
+        Refused: another process count, batch size, accumulation or block size (the data
+        order and the tokens per step depend on them; an elastic resume would be a different
+        run) and another data.source."""
+        saved, data_pos = read_config(ckpt).get("train", {}), read_trainer_state(ckpt)["data"]
+        o = self.cfg.optim
+        now = {"processes": self.accelerator.num_processes, "optim.batch_size": o.batch_size,
+               "optim.grad_accum": o.grad_accum, "model.block_size": self.cfg.model.block_size,
+               "data.source": self.cfg.data.source}
+        before = {"processes": data_pos.get("world_size"), "optim.batch_size": data_pos.get("batch_size"),
+                  "optim.grad_accum": saved.get("optim", {}).get("grad_accum", o.grad_accum),
+                  "model.block_size": data_pos.get("block_size"),
+                  "data.source": saved.get("data", {}).get("source", self.cfg.data.source)}
+        for key, value in now.items():
+            if before[key] != value:
+                raise CheckpointError(
+                    f"{ckpt}: cannot resume with {key}={value}: the checkpoint was trained with "
+                    f"{key}={before[key]}; resume with the same {key}, or start a new run_dir "
+                    "with checkpoint.init_from to keep the weights only")
 
     @staticmethod
     def _make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -214,6 +256,9 @@ class Trainer:
         try:
             with _StopSignal() as stop:
                 while s.step < o.max_steps:
+                    if self.launcher.launcher_gone():  # orphaned: no collective, just stop
+                        raise RunDirError(f"the launcher (process {self.launcher.parent}) is "
+                                          "gone; this rank stops instead of training on")
                     if self._any_process(stop.signum is not None):  # before drawing data,
                         stop.signum = stop.signum or signal.SIGTERM  # so a resume loses no batch
                         break
@@ -264,6 +309,11 @@ class Trainer:
         return result
 
     def _save(self) -> Path:
+        bad = [n for n, p in self.raw_model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # every process holds the same weights, so every process stops here
+            raise TrainingDiverged(
+                f"weights are not finite at step {self.state.step} ({bad[0]}{' ...' if len(bad) > 1 else ''}); "
+                f"not saved. Last good checkpoint: {self.checkpointer.latest() or 'none'}")
         self.state.data = self.batches.state_dict()
         path = self.checkpointer.save(
             self.state.step, self.raw_model, config_to_dict(self.cfg), self.data.tokenizer_path,
@@ -278,6 +328,8 @@ class Trainer:
         if self.main and self.cfg.log.plot:
             plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         self.accelerator.end_training()
+        if self.lock is not None:
+            self.lock.release()
         tok_s = self.tokens_per_step * s.steps_timed / s.train_seconds if s.steps_timed else 0.0
         return {
             "step": s.step, "stopped_by": signal.Signals(signum).name if signum else None,

@@ -42,13 +42,14 @@ def _errors() -> list[tuple[tuple[type, ...], int, bool]]:
     from tinylm.config import ConfigError
     from tinylm.corpus import DataError
     from tinylm.distill import TokenizerMismatchError
+    from tinylm.rundir import RunDirError
     from tinylm.step import TrainingDiverged
     from tinylm.sync_check import TiedSyncError
     from tinylm.tying import TieError
 
     return [((TrainingDiverged, TiedSyncError, TieError), 1, True),
-            ((ConfigError, DataError, CheckpointError, TokenizerMismatchError, ValueError,
-              OSError), 2, False)]
+            ((ConfigError, DataError, CheckpointError, TokenizerMismatchError, RunDirError,
+              ValueError, OSError), 2, False)]
 
 
 def error_exit(e: BaseException, show: bool = True) -> int | None:

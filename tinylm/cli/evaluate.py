@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     from tinylm.atomic import atomic_write
     from tinylm.checkpoint import find_checkpoints
     from tinylm.evaluate import evaluate_checkpoint
+    from tinylm.rundir import require_writable
+
+    if args.json is not None:  # before the evaluation, not after it
+        require_writable(args.json.parent, "--json")
 
     datasets.disable_progress_bars()
     accelerator = make_accelerator()
@@ -76,6 +80,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluated {len(results)} checkpoint(s) on {data}, {n} process(es)")
         print(format_table(results))
         if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(args.json, json.dumps(results, indent=2) + "\n")
     return 0

@@ -1,0 +1,71 @@
+"""What a training run owns on disk and in the process tree: one writer per run directory.
+
+- :class:`RunDirLock`: an exclusive OS file lock on ``<run_dir>/.lock``, held by the main
+  process for the whole run and released by the OS when it exits, however it exits (a
+  ``kill -9`` included). A second run into the same directory gets a one-line error naming
+  the holder's PID, before it writes anything.
+- :class:`LauncherWatch`: torch elastic (what ``accelerate launch`` and ``torchrun`` use) starts
+  ranks in their own sessions, so killing the launcher with ``kill -9`` leaves them running,
+  re-parented to init, and they go on writing checkpoints into the run directory. A rank
+  started by a launcher checks every step that its parent is still the launcher, and stops.
+- :func:`require_writable`: a directory the run will write to, checked before the long work.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+
+class RunDirError(RuntimeError):
+    """The run directory is unusable: not writable, or in use by another run."""
+
+
+def require_writable(directory: str | Path, what: str) -> Path:
+    """Create ``directory`` if needed and prove a file can be written in it; else one line."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise RunDirError(f"{what}={directory}: not a writable directory "
+                          f"({e.strerror or type(e).__name__})") from None
+    return directory
+
+
+class RunDirLock:
+    """``lock = RunDirLock(run_dir)`` takes the lock or raises; ``lock.release()`` (or the
+    process's exit) gives it back. The file keeps the holder's PID for the error message."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            raise RunDirError(f"run_dir={self.path.parent}: in use by another run (process "
+                              f"{holder}); stop it, or choose another run_dir") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = -1
+
+
+class LauncherWatch:
+    """Knows whether this process was started by a launcher and whether that launcher lives."""
+
+    def __init__(self) -> None:
+        # LOCAL_RANK: set by torch elastic for every rank it starts; a plain `python train.py`
+        # (maybe under nohup, whose shell may exit) is nobody's rank and is never stopped.
+        self.parent = os.getppid() if "LOCAL_RANK" in os.environ else None
+
+    def launcher_gone(self) -> bool:
+        return self.parent is not None and os.getppid() != self.parent
