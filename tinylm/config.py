@@ -167,8 +167,12 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig, where: str) -> Con
 
 
 def presets_dir() -> Path:
-    """Where the presets are: the checkout's configs/, or the installed tinylm.configs."""
-    return Path(str(importlib.resources.files("tinylm.configs")))
+    """Where the presets are: the installed tinylm.configs (an install maps the checkout's
+    configs/ there), or the checkout's configs/ when tinylm runs uninstalled from PYTHONPATH."""
+    try:
+        return Path(str(importlib.resources.files("tinylm.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
 
 
 def preset_names() -> list[str]:

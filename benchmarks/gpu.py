@@ -1,0 +1,182 @@
+"""The GPU check: gpt2-small through the real trainer, as one table, in ~6 minutes on an H100/H200.
+
+    python benchmarks/gpu.py [--steps 60] [--json OUT]       # on a GPU machine
+    python benchmarks/gpu.py --dry-run [--text FILE]         # the same code path, tiny, on CPU
+
+Rows, each from a real `accelerate launch scripts/train.py configs/gpt2-small.yaml` with one
+process (bf16 autocast + torch.compile, as the preset says), on the built-in corpus (the text
+does not change the speed; nothing is downloaded):
+
+- base: the preset at ``optim.grad_accum=1`` (a step is one micro-batch, so a few dozen steps
+  reach steady state); tokens/s and ms/step from metrics.jsonl after the first steps
+  (compilation), peak GPU memory, MFU = tokens/s x flops_per_token / the card's dense bf16 peak
+  (``tinylm.hardware``; an unknown card and every CPU get no MFU);
+- variants as ratios to base, in the same invocation: compile off, ``optim.adamw=foreach``
+  instead of fused, and a batch twice the preset's;
+- generate: the base run's final checkpoint, batch 1 and 8, KV cache, tokens/s;
+- sync check: its ms (from the trainer's log lines) against the step time at the preset's
+  ``sync_check.interval``.
+
+--dry-run shrinks the model and the steps and runs on CPU without compile, so CI can keep this
+script working between the times a GPU is at hand. The GPU machine lacks datasets, omegaconf
+and their dependencies: see benchmarks/gpu_wheels.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+PRESET = "gpt2-small"
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64",
+        "data.vocab_size=512", "optim.batch_size=4", "optim.compile=false",
+        "optim.mixed_precision=no"]  # --dry-run: seconds on a CPU
+COLUMNS = ["row", "setting", "tokens/s", "ms/step", "x base", "peak GiB", "MFU", "note"]
+
+
+def launch(name: str, overrides: list[str], args, work: Path) -> dict:
+    """One training run under accelerate; its steady-state numbers from metrics.jsonl."""
+    run_dir = work / name
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+           "--num_machines", "1", "--dynamo_backend", "no",
+           "--mixed_precision", "no" if args.dry_run else "bf16",
+           *(["--cpu"] if args.dry_run else []), str(REPO / "scripts" / "train.py"), PRESET,
+           f"run_dir={run_dir}", f"data.dir={work / 'data'}", f"optim.max_steps={args.steps}",
+           "optim.grad_accum=1", "eval.interval=0", "eval.max_batches=1", "checkpoint.interval=0",
+           f"log.interval={args.log_interval}", "log.wandb=disabled", "log.plot=false",
+           *args.base_overrides, *overrides]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=args.timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: run {name} failed ({' '.join(overrides) or 'base'}):\n"
+                         f"{proc.stderr[-3000:]}")
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    warm = train[len(train) // 4:] if len(train) >= 4 else train  # past compilation
+    first, last = warm[0], warm[-1]
+    seconds = last["time"] - first["time"]
+    # the preset's interval: only the first step is checked in a run this short, and no
+    # check perturbs the steady-state window
+    checks = [float(ms) for ms in re.findall(r"sync check @ step \d+: .*\(([\d.]+) ms\)",
+                                             proc.stdout)]
+    return {"tokens_s": (last["tokens"] - first["tokens"]) / seconds,
+            "ms_step": 1000 * seconds / (last["step"] - first["step"]),
+            "peak_gib": last.get("peak_mem_gib"), "wall_s": time.time() - t0,
+            "sync_ms": statistics.median(checks) if checks else None,
+            "checkpoint": sorted((run_dir / "checkpoints").glob("step-*"))[-1]}
+
+
+def flops_per_token(ckpt: Path) -> float:
+    from tinylm.checkpoint import model_config
+    from tinylm.model import GPT
+
+    cfg = model_config(ckpt)
+    with torch.device("meta"):  # the count needs shapes, not memory
+        return GPT(cfg).flops_per_token(cfg.block_size)
+
+
+def generation(ckpt: Path, device: str) -> list[tuple[int, float]]:
+    """(batch, tokens/s) at batch 1 and 8, KV cache, 100 new tokens per row, after a warm-up."""
+    from tinylm.evaluate import load_for_inference
+    from tinylm.generate import generate
+
+    model, tok, _ = load_for_inference(ckpt, device)
+    rows = []
+    for batch in (1, 8):
+        prompts = [f"The {w} of" for w in ("use", "name", "value", "end", "form", "list",
+                                           "type", "call")][:batch]
+        generate(model, tok, prompts, 8, seed=0)  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        generate(model, tok, prompts, 100, temperature=1.0, seed=0, stop_at_eot=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        rows.append((batch, 100 * batch / (time.perf_counter() - t0)))
+    return rows
+
+
+def table(args, work: Path) -> list[dict]:
+    from tinylm.config import load_config
+    from tinylm.hardware import mfu
+
+    preset = load_config(PRESET, args.base_overrides)
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    card = torch.cuda.get_device_name() if device == "cuda" else None
+    variants = [("base", []), ("no compile", ["optim.compile=false"]),
+                ("foreach AdamW", ["optim.adamw=foreach"]),
+                (f"batch {2 * preset.optim.batch_size}", [f"optim.batch_size={2 * preset.optim.batch_size}"])]
+    if args.dry_run:  # compiling even a tiny model takes longer than the whole dry run
+        variants = [v for v in variants if v[0] != "no compile"]
+    runs = {name: launch(name.replace(" ", "-"), ov, args, work) for name, ov in variants}
+    base = runs["base"]
+    fpt = flops_per_token(base["checkpoint"])
+    rows = []
+    for (name, ov), r in zip(variants, runs.values()):
+        u = mfu(r["tokens_s"], fpt, card)
+        rows.append({"row": "train", "setting": name if not ov else " ".join(ov),
+                     "tokens/s": r["tokens_s"], "ms/step": r["ms_step"],
+                     "x base": r["tokens_s"] / base["tokens_s"], "peak GiB": r["peak_gib"],
+                     "MFU": u, "note": f"launch to exit {r['wall_s']:.0f} s"})
+    for batch, tok_s in generation(base["checkpoint"], device):
+        rows.append({"row": "generate", "setting": f"batch {batch}, KV cache", "tokens/s": tok_s,
+                     "ms/step": 1000 * batch / tok_s, "x base": None, "peak GiB": None,
+                     "MFU": None, "note": "100 new tokens per row"})
+    interval = preset.sync_check.interval
+    overhead = 100 * base["sync_ms"] / (interval * base["ms_step"]) if base["sync_ms"] else None
+    rows.append({"row": "sync check", "setting": f"every {interval} steps (preset)",
+                 "tokens/s": None, "ms/step": base["sync_ms"], "x base": None, "peak GiB": None,
+                 "MFU": None, "overhead_pct": overhead,
+                 "note": "overhead " + ("-" if overhead is None else f"{overhead:.4f}%")})
+    return rows
+
+
+def fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="tiny shape on CPU, seconds")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (60; dry 12)")
+    p.add_argument("--text", default=None, help="a local text instead of python-docs")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per training run")
+    args = p.parse_args()
+    args.steps = args.steps or (12 if args.dry_run else 60)
+    args.log_interval = 3 if args.dry_run else 10
+    args.base_overrides = (TINY if args.dry_run else []) + ([f"data.source={args.text}"] if args.text else [])
+    if not args.dry_run and not torch.cuda.is_available():
+        raise SystemExit("error: no CUDA device; run with --dry-run to check the script on CPU")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    work = Path(tempfile.mkdtemp(prefix="tinylm-gpu-"))
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run else "CPU (dry run)"
+    rows = table(args, work)
+    print(f"\n{card}, torch {torch.__version__}, {date.today()}, {PRESET} "
+          f"({'dry run, tiny shape' if args.dry_run else 'bf16 + torch.compile'}), "
+          f"{args.steps} steps per run; `python benchmarks/gpu.py{' --dry-run' if args.dry_run else ''}`\n")
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for r in rows:
+        print(f"| {r['row']} | {r['setting']} | {fmt(r['tokens/s'], ',.0f')} | "
+              f"{fmt(r['ms/step'], '.1f')} | {fmt(r['x base'], '.2f')} | "
+              f"{fmt(r['peak GiB'], '.1f')} | {fmt(r['MFU'] and 100 * r['MFU'], '.1f')}"
+              f"{'%' if r['MFU'] is not None else ''} | {r['note']} |")
+    if args.json:
+        args.json.write_text(json.dumps({"card": card, "rows": rows}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
