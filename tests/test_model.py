@@ -40,8 +40,11 @@ def test_init_loss_is_about_ln_vocab():
     assert abs(loss.item() - math.log(4096)) < 0.1, loss.item()
 
 
-def test_kv_cache_decoding_equals_full_recomputation():
-    model = make()
+@pytest.mark.parametrize("n_kv_head", [None, 2, 1])
+def test_kv_cache_decoding_equals_full_recomputation(n_kv_head):
+    """Also with grouped-query attention: 4 query heads sharing 2 or 1 key/value heads, whose
+    cache is 2 or 4 times smaller."""
+    model = make(n_kv_head=n_kv_head)
     x = torch.randint(0, 101, (2, 20))
     full = model(x)
     cache = KVCache(model.config, batch_size=2)
@@ -49,7 +52,24 @@ def test_kv_cache_decoding_equals_full_recomputation():
     parts += [model(x[:, t:t + 1], cache=cache) for t in range(7, 12)]  # one token at a time
     parts.append(model(x[:, 12:], cache=cache))  # a chunk after a prefix
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-5)
-    assert cache.pos == 20
+    assert cache.pos == 20 and cache.k.shape[2] == (n_kv_head or 4)
+    with torch.inference_mode():  # the lean one-token path too
+        cache = KVCache(model.config, batch_size=2)
+        model(x[:, :7], cache=cache)
+        steps = [model.decode_step(x[:, t:t + 1], cache) for t in range(7, 20)]
+    torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 7:], rtol=1e-4, atol=1e-5)
+
+
+def test_gqa_shrinks_the_kv_projection_and_n_kv_head_equal_to_n_head_is_the_default():
+    full, gqa = make(), make(n_kv_head=1)
+    assert full.layers[0].self_attn.qkv_proj.weight.shape == (3 * 32, 32)
+    assert gqa.layers[0].self_attn.qkv_proj.weight.shape == (32 + 2 * 8, 32)  # head_dim 8
+    assert full.num_params() - gqa.num_params() == 2 * 2 * (32 - 8) * 32  # 2 layers, k and v
+    same = make(n_kv_head=4)
+    x = torch.randint(0, 101, (2, 10))
+    assert torch.equal(same(x), full(x))
+    with pytest.raises(ValueError, match="n_kv_head=3 must divide n_head=4"):
+        make(n_kv_head=3)
 
 
 def test_kv_cache_left_padding_matches_unpadded():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ class GPTConfig:
     block_size: int = 256  # context length; rotary positions need no table, so this only caps the cache
     n_layer: int = 6
     n_head: int = 6
+    n_kv_head: Optional[int] = None  # key/value heads (grouped-query attention); None = n_head
     n_embd: int = 384  # head dim 64: the size SDPA kernels are tuned for
     mlp_hidden: int = 0  # 0 = Llama's rule, 8/3 * n_embd rounded up to a multiple of 64
     dropout: float = 0.0  # small models on small corpora may want 0.1; pretraining wants 0
@@ -43,6 +45,8 @@ class GPTConfig:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if (self.n_embd // self.n_head) % 2 != 0:
             raise ValueError(f"head dim {self.n_embd // self.n_head} must be even for rotary")
+        if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
+            raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
         for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key}={getattr(self, key)} must be positive")
@@ -57,6 +61,10 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
 
     @property
     def hidden_dim(self) -> int:
@@ -104,14 +112,17 @@ class Rotary:
                  matrix: torch.Tensor | None = None) -> None:
         self.cos, self.sin, self.matrix = cos, sin, matrix  # (T, D) each, or one (D, D)
 
-    def __call__(self, qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, 2, H, D) -> rotated q and k, (B, H, T, D) each."""
-        B, T, two, H, D = qk.shape
+    def __call__(self, qk: torch.Tensor, n_q: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, n_q + n_kv, D), the q heads then the k heads -> rotated q (B, n_q, T, D)
+        and k (B, n_kv, T, D)."""
+        B, T, heads, D = qk.shape
         if self.matrix is not None:  # one position: everything else folds into one mm
-            return torch.mm(qk.reshape(-1, D), self.matrix).view(B, two, H, 1, D).unbind(1)
-        cos, sin = self.cos[:, None, None, :], self.sin[:, None, None, :]  # over (2, H)
+            out = torch.mm(qk.reshape(-1, D), self.matrix).view(B, heads, 1, D)
+            return out.split([n_q, heads - n_q], dim=1)
+        cos, sin = self.cos[:, None, :], self.sin[:, None, :]  # over the heads
         x1, x2 = qk.chunk(2, dim=-1)
-        return (qk * cos + torch.cat((-x2, x1), dim=-1) * sin).permute(2, 0, 3, 1, 4).unbind(0)
+        out = qk * cos + torch.cat((-x2, x1), dim=-1) * sin
+        return out.transpose(1, 2).split([n_q, heads - n_q], dim=1)
 
 
 class RMSNorm(nn.Module):
@@ -138,7 +149,7 @@ class KVCache:
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None,
                  device=None, dtype: torch.dtype = torch.float32) -> None:
         self.max_len = max_len or config.block_size
-        shape = (config.n_layer, batch_size, config.n_head, self.max_len, config.head_dim)
+        shape = (config.n_layer, batch_size, config.kv_heads, self.max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.layers = [(self.k[i], self.v[i]) for i in range(config.n_layer)]  # views, once
@@ -173,28 +184,30 @@ class KVCache:
 
 # -- the block math, defined once: training, prefill and decoding steps all run block() --------
 
-def block(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: int, eps: float,
+def block(x: torch.Tensor, weights: tuple[torch.Tensor, ...], heads: tuple[int, int], eps: float,
           rotary: Rotary, layer: int, cache: KVCache | None, mask,
           dropout: float = 0.0) -> torch.Tensor:
-    """One pre-norm transformer block on x (B, T, C); ``weights`` as :meth:`Block.weights`.
+    """One pre-norm transformer block on x (B, T, C); ``weights`` as :meth:`Block.weights`;
+    ``heads`` = (query heads, key/value heads).
 
-    Attention: one fused q/k/v matmul, rotary on q and k together, this layer's slice of the
+    Attention: one fused q/k/v matmul (rows: the q heads, then k's, then v's), rotary on q and
+    k together, grouped-query attention when there are fewer key/value heads, this layer's slice of the
     KV cache (when decoding), SDPA, the output projection. MLP: SwiGLU, gate and up in one
     matmul. One flat function on purpose: a decoding step is ~40 tiny ops, where the calls
     between modules and functions would cost a third of its time on a CPU.
     """
     norm1, qkv_w, o_w, norm2, gate_up_w, down_w = weights
-    B, T, C = x.shape
-    qkv = F.linear(F.rms_norm(x, (C,), norm1, eps), qkv_w).view(B, T, 3, n_head, C // n_head)
-    q, k = rotary(qkv[:, :, :2])  # (B, H, T, D) each
-    v = qkv[:, :, 2].transpose(1, 2)
+    (H, KV), (B, T, C) = heads, x.shape
+    qkv = F.linear(F.rms_norm(x, (C,), norm1, eps), qkv_w).view(B, T, H + 2 * KV, C // H)
+    q, k = rotary(qkv[:, :, :H + KV], H)  # (B, H, T, D), (B, KV, T, D)
+    v = qkv[:, :, H + KV:].transpose(1, 2)
     if cache is not None:  # append this step's keys and values, attend over all so far
         keys, values = cache.layers[layer]
         start, end = cache.pos, cache.pos + T
         keys[:, :, start:end], values[:, :, start:end] = k, v
         k, v = keys[:, :, :end], values[:, :, :end]
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                       dropout_p=dropout)
+                                       dropout_p=dropout, enable_gqa=KV != H)
     y = y.view(B, 1, C) if T == 1 else y.transpose(1, 2).reshape(B, T, C)  # heads side by side
     h = F.linear(y, o_w)
     x = x + (F.dropout(h, dropout) if dropout else h)
@@ -208,7 +221,8 @@ class Attention(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        kv_dim = config.kv_heads * config.head_dim
+        self.qkv_proj = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=False)
         self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
 
@@ -232,7 +246,7 @@ class Block(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
         self.mlp = MLP(config)
-        self.n_head, self.eps, self.dropout = config.n_head, config.norm_eps, config.dropout
+        self.heads, self.eps, self.dropout = (config.n_head, config.kv_heads), config.norm_eps, config.dropout
 
     def weights(self) -> tuple[torch.Tensor, ...]:
         a, m = self.self_attn, self.mlp
@@ -240,7 +254,7 @@ class Block(nn.Module):
                 self.post_attention_layernorm.weight, m.gate_up_proj.weight, m.down_proj.weight)
 
     def forward(self, x, rotary: Rotary, layer: int, cache: KVCache | None, mask) -> torch.Tensor:
-        return block(x, self.weights(), self.n_head, self.eps, rotary, layer, cache, mask,
+        return block(x, self.weights(), self.heads, self.eps, rotary, layer, cache, mask,
                      self.dropout if self.training else 0.0)
 
 
@@ -363,7 +377,7 @@ class GPT(TieGuarded):
         rotary, mask = cache.rotary(1), self._attention_mask(cache, 1, ids.device)
         x = F.embedding(ids, embed_w)
         for i, weights_i in enumerate(blocks):
-            x = block(x, weights_i, c.n_head, c.norm_eps, rotary, i, cache, mask)
+            x = block(x, weights_i, (c.n_head, c.kv_heads), c.norm_eps, rotary, i, cache, mask)
         cache.pos += 1
         logits = F.linear(F.rms_norm(x[:, -1], (c.n_embd,), norm_w, c.norm_eps), head_w)
         return logits[:, :c.vocab_size] if c.padded_vocab_size != c.vocab_size else logits
