@@ -520,3 +520,33 @@ def test_scripts_print_one_error_line_and_exit_2(tmp_path: Path, capsys) -> None
     script = load_script("prepare_data")
     assert script.main(["--source", str(bad), "--dir", str(tmp_path / "d")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == expected
+
+
+# -- data.tokenizer: an existing tokenizer instead of a trained one ------------------------------
+
+def test_a_given_tokenizer_is_used_as_is_and_keys_the_prepared_dir(text_file: Path, tmp_path: Path) -> None:
+    given = tmp_path / "given" / "tokenizer.json"
+    given.parent.mkdir()
+    Tokenizer.train([text_file.read_text()[::-1]], vocab_size=300).save(given)
+    a = prepare(cfg_for(text_file, tmp_path, tokenizer=str(given.parent)), progress=False)  # a dir
+    assert a.meta["vocab_size"] == 300 and a.tokenizer().content_hash() == Tokenizer.load(given).content_hash()
+    b = prepare(cfg_for(text_file, tmp_path, tokenizer=str(given), vocab_size=999), progress=False)
+    assert b.dir == a.dir  # the same tokenizer by another path, and vocab_size ignored: reused
+    plain = prepare(cfg_for(text_file, tmp_path), progress=False)  # a trained BPE: another dir
+    assert plain.meta["fingerprint"] != a.meta["fingerprint"]
+    # bits per byte stay exact: the bytes of both splits add up to the text's UTF-8 bytes
+    assert a.meta["train_bytes"] + a.meta["val_bytes"] == len(text_file.read_text().encode())
+
+
+def test_a_tokenizer_without_exact_bytes_is_refused(text_file: Path, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+
+    wp = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.pre_tokenizer = pre_tokenizers.Whitespace()
+    wp.train_from_iterator([text_file.read_text()], trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[UNK]", "<|endoftext|>"]))
+    wp.save(str(tmp_path / "wp.json"))
+    with pytest.raises(DataError, match=r"data.tokenizer=.*wp.json: not a byte-level BPE"):
+        prepare(cfg_for(text_file, tmp_path, tokenizer=str(tmp_path / "wp.json")), progress=False)
+    with pytest.raises(DataError, match="data.tokenizer=.*nowhere: no tokenizer.json there"):
+        prepare(cfg_for(text_file, tmp_path, tokenizer=str(tmp_path / "nowhere")), progress=False)

@@ -60,6 +60,8 @@ class DataConfig:
     val_source: Optional[str] = None  # None = validate on the stream's tail: no 2nd corpus needed
     val_fraction: float = 0.1  # nanoGPT's split: the last 10% of the token stream
     vocab_size: int = 8192  # ~4 bytes/token on English, and a head a CPU model can afford
+    tokenizer: Optional[str] = None  # use this tokenizer (tokenizer.json, HF model dir, tinylm
+    # checkpoint) instead of training a BPE: fine-tuning or distilling an imported model needs its ids
     dir: str = "data"  # root of prepared outputs (gitignored); one subdirectory per corpus+config
     tokenize_batch: int = 256  # rows per map() batch: enough for encode_batch's threads (measured)
 
@@ -99,6 +101,17 @@ class PreparedData:
         return Tokenizer.load(self.tokenizer_path)
 
 
+def given_tokenizer(cfg: DataConfig) -> Optional[Path]:
+    """The tokenizer.json ``data.tokenizer`` names (a file, or a directory holding one)."""
+    if not cfg.tokenizer:
+        return None
+    path = Path(cfg.tokenizer)
+    path = path / "tokenizer.json" if path.is_dir() else path
+    if not path.is_file():
+        raise DataError(f"data.tokenizer={cfg.tokenizer}: no tokenizer.json there")
+    return path
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned type that holds every id: 2 bytes per token up to 65536."""
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
@@ -109,6 +122,9 @@ def prepared_key(cfg: DataConfig) -> str:
     keys = {k: v for k, v in asdict(cfg).items() if k not in ("dir", "tokenize_batch")}
     if cfg.val_source:
         keys.pop("val_fraction")
+    given = given_tokenizer(cfg)
+    if given is not None:  # the tokenizer's content, not its path, decides the token files
+        keys["tokenizer"], keys["vocab_size"] = Tokenizer.load(given).content_hash(), None
     info = {"format": PREPARED_FORMAT, "tokenizers": tokenizers.__version__, "cfg": keys,
             "source": describe(cfg.source),
             "val": describe(cfg.val_source) if cfg.val_source else None}
@@ -125,7 +141,8 @@ def prepared_dir(cfg: DataConfig) -> Path:
     else:
         name = cfg.source
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_.")[-40:] or "corpus"
-    return Path(cfg.dir) / f"{slug}-v{cfg.vocab_size}-{prepared_key(cfg)[:8]}"
+    vocab = f"v{cfg.vocab_size}" if not cfg.tokenizer else "given-tokenizer"
+    return Path(cfg.dir) / f"{slug}-{vocab}-{prepared_key(cfg)[:8]}"
 
 
 def _reusable_meta(out: Path, fp: str) -> Optional[dict]:
@@ -222,7 +239,15 @@ def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False) -> Prepa
     rows = load_documents(cfg.source, **load)
 
     chars = [0]
-    tok = Tokenizer.train(document_texts(rows, chars), cfg.vocab_size, show_progress=progress)
+    if (given := given_tokenizer(cfg)) is not None:
+        tok = Tokenizer.load(given)
+        if not tok.is_byte_level:
+            raise DataError(f"data.tokenizer={cfg.tokenizer}: not a byte-level BPE: its ids "
+                            "don't map to exact bytes, so bits per byte would be wrong")
+        for _ in document_texts(rows, chars):  # counts the characters: an empty corpus is an error
+            pass
+    else:
+        tok = Tokenizer.train(document_texts(rows, chars), cfg.vocab_size, show_progress=progress)
     if chars[0] == 0:
         raise DataError(f"data.source={cfg.source!r}: the corpus is empty "
                         f"(0 characters of text in {len(rows)} rows)")

@@ -12,6 +12,7 @@ nor shortened in the byte count.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Iterable, Union
 
@@ -87,6 +88,15 @@ class Tokenizer:
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically (temp name, then ``os.replace``)."""
         atomic_write(path, self._tok.to_str(pretty=True))
+
+    @property
+    def is_byte_level(self) -> bool:
+        """Whether every token spells bytes in the byte-level alphabet (what ``token_bytes``
+        and so bits per byte rely on): a ByteLevel pre-tokenizer or decoder."""
+        spec = json.loads(self._tok.to_str())
+        parts = [spec.get("pre_tokenizer") or {}, spec.get("decoder") or {}]
+        parts += [p for part in list(parts) for p in part.get("pretokenizers", [])]
+        return any(p.get("type") == "ByteLevel" for p in parts)
 
     @property
     def vocab_size(self) -> int:
