@@ -113,8 +113,10 @@ def _require_same_ties(path: Path, file_groups: list[list[str]], model: torch.nn
                               f"config ties {tied_groups(model)}")
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load model.safetensors into ``model`` in place, ties included, strictly."""
+def load_weights(model: torch.nn.Module, path: str | Path, assign: bool = False) -> None:
+    """Load model.safetensors into ``model``, ties included, strictly. ``assign=True`` makes
+    the file's tensors the model's parameters (for a model built on the meta device: one copy
+    of the weights in memory, not two)."""
     path = Path(path)
     tensors, file_groups = read_weights(path)
     _require_same_ties(path, file_groups, model)
@@ -130,7 +132,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     if missing or unexpected:
         raise CheckpointError(f"{path}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=True, assign=assign)
     except RuntimeError as e:  # shape mismatches
         raise CheckpointError(f"{path}: {str(e).splitlines()[-1].strip()}") from None
     check_ties(model, expected=model_groups)
@@ -179,9 +181,11 @@ def model_config(ckpt: str | Path) -> GPTConfig:
 
 
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
-    """Build the GPT a checkpoint describes and load its weights: (model in eval mode, config)."""
-    model = GPT(model_config(ckpt))
-    load_weights(model, Path(ckpt) / MODEL_FILE)
+    """Build the GPT a checkpoint describes and load its weights: (model in eval mode, config).
+    Built on the meta device and given the file's tensors: no random init, one copy."""
+    with torch.device("meta"):
+        model = GPT(model_config(ckpt))
+    load_weights(model, Path(ckpt) / MODEL_FILE, assign=True)
     return model.to(device).eval(), read_config(ckpt)
 
 

@@ -123,7 +123,7 @@ def gpt_config(hf: dict, path: Path) -> GPTConfig:
         raise _refuse(path, "model_type", hf.get("model_type"), "only Llama-architecture "
                       "models (LlamaForCausalLM: Llama 2/3, SmolLM, TinyLlama) are supported")
     for field, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False),
-                      ("pretraining_tp", 1), ("sliding_window", None)):
+                      ("pretraining_tp", 1), ("sliding_window", None), ("rope_interleaved", False)):
         if hf.get(field, ok) != ok:
             raise _refuse(path, field, hf[field], f"tinylm computes {field}={ok!r} only")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
