@@ -72,13 +72,38 @@ def test_import_gives_transformers_logits_and_greedy_text(tmp_path, tokenizer_fi
     assert len(set(hf_ids.tolist())) > 5  # not one token repeated: the test has teeth
 
 
-def test_export_of_a_trained_checkpoint_loads_in_transformers(tmp_path, tiny_run, caplog):
+def load_and_report(path: Path, caplog, capfd):
+    """from_pretrained, and everything transformers said while loading (its logger does not
+    propagate to the root logger, and v5 prints a load report)."""
+    import transformers
+
+    transformers.logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.INFO):
+            model = AutoModelForCausalLM.from_pretrained(path).eval()
+    finally:
+        transformers.logging.disable_propagation()
+    out, err = capfd.readouterr()
+    return model, (" ".join(r.getMessage() for r in caplog.records) + out + err).lower()
+
+
+def test_the_load_report_check_has_teeth(tmp_path, tokenizer_file, caplog, capfd):
+    from safetensors.torch import load_file, save_file
+
+    hf_dir = hf_llama(tmp_path, tokenizer_file, tie_word_embeddings=False)
+    weights = load_file(hf_dir / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, hf_dir / "model.safetensors", metadata={"format": "pt"})
+    _, said = load_and_report(hf_dir, caplog, capfd)
+    assert "missing" in said  # the random-head case is visible to the check below
+
+
+def test_export_of_a_trained_checkpoint_loads_in_transformers(tmp_path, tiny_run, caplog, capfd):
     step10 = tiny_run / "checkpoints" / "step-10"
     out = export_to_hf(tiny_run, tmp_path / "hf")  # a run dir: its newest checkpoint
-    with caplog.at_level(logging.WARNING):
-        hf = AutoModelForCausalLM.from_pretrained(out).eval()
-    assert not [r for r in caplog.records if "missing" in r.message.lower()
-                or "unexpected" in r.message.lower() or "newly initialized" in r.message.lower()]
+    capfd.readouterr()
+    hf, said = load_and_report(out, caplog, capfd)
+    assert not any(word in said for word in ("missing", "unexpected", "newly initialized")), said
     assert hf.lm_head.weight is hf.model.embed_tokens.weight  # the tie survived the border
     model, tok, _ = load_for_inference(step10)
     ids = torch.randint(0, tok.vocab_size, (2, 32), generator=torch.Generator().manual_seed(2))
