@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,7 +53,8 @@ def launch(name: str, overrides: list[str], args, work: Path) -> dict:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
            "--num_machines", "1", "--dynamo_backend", "no",
            "--mixed_precision", "no" if args.dry_run else "bf16",
-           *(["--cpu"] if args.dry_run else []), str(REPO / "scripts" / "train.py"), PRESET,
+           *(["--cpu", "--num_cpu_threads_per_process", "1"] if args.dry_run else []),
+           str(REPO / "scripts" / "train.py"), PRESET,
            f"run_dir={run_dir}", f"data.dir={work / 'data'}", f"optim.max_steps={args.steps}",
            "optim.grad_accum=1", "eval.interval=0", "eval.max_batches=1", "checkpoint.interval=0",
            f"log.interval={args.log_interval}", "log.wandb=disabled", "log.plot=false",
@@ -131,7 +133,7 @@ def table(args, work: Path) -> list[dict]:
                      "x base": r["tokens_s"] / base["tokens_s"], "peak GiB": r["peak_gib"],
                      "MFU": u, "note": f"launch to exit {r['wall_s']:.0f} s"})
     for batch, tok_s in generation(base["checkpoint"], device):
-        rows.append({"row": "generate", "setting": f"batch {batch}, KV cache", "tokens/s": tok_s,
+        rows.append({"row": "generate", "setting": f"batch {batch}, KV cache, fp32 weights", "tokens/s": tok_s,
                      "ms/step": 1000 * batch / tok_s, "x base": None, "peak GiB": None,
                      "MFU": None, "note": "100 new tokens per row"})
     interval = preset.sync_check.interval
@@ -150,20 +152,28 @@ def fmt(value, spec: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dry-run", action="store_true", help="tiny shape on CPU, seconds")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (60; dry 12)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (150; dry 12)")
     p.add_argument("--text", default=None, help="a local text instead of python-docs")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--timeout", type=int, default=900, help="seconds per training run")
+    p.add_argument("--keep", action="store_true", help="keep the runs' temp dir (GBs on a GPU)")
     args = p.parse_args()
-    args.steps = args.steps or (12 if args.dry_run else 60)
+    args.steps = args.steps if args.steps is not None else (12 if args.dry_run else 150)
     args.log_interval = 3 if args.dry_run else 10
+    if args.steps < 4 * args.log_interval:  # the steady-state window needs 3 logged records
+        p.error(f"--steps {args.steps}: expected >= {4 * args.log_interval}")
     args.base_overrides = (TINY if args.dry_run else []) + ([f"data.source={args.text}"] if args.text else [])
     if not args.dry_run and not torch.cuda.is_available():
-        raise SystemExit("error: no CUDA device; run with --dry-run to check the script on CPU")
+        print("error: no CUDA device; run with --dry-run to check the script on CPU", file=sys.stderr)
+        sys.exit(2)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(tempfile.mkdtemp(prefix="tinylm-gpu-"))
     card = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run else "CPU (dry run)"
-    rows = table(args, work)
+    try:
+        rows = table(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"\n{card}, torch {torch.__version__}, {date.today()}, {PRESET} "
           f"({'dry run, tiny shape' if args.dry_run else 'bf16 + torch.compile'}), "
           f"{args.steps} steps per run; `python benchmarks/gpu.py{' --dry-run' if args.dry_run else ''}`\n")

@@ -121,3 +121,16 @@ def test_distillation_with_two_processes(tmp_path, corpus):
         "optim.max_steps": 10, "model.n_layer": 1, "distill.teacher": teacher})
     assert proc.returncode == 0 and res[0]["ok"], out[-2000:]
     assert "distilling from" in out and "identical on 2 process" in out
+
+
+def test_a_time_budget_stops_both_ranks_at_the_same_step(tmp_path, corpus):
+    """optim.max_time with 2 ranks: one all-reduce per step decides on the slowest clock, so
+    both stop together (otherwise one would wait forever in the other's collective), and the
+    whole run, launch to final checkpoint, fits the budget."""
+    budget = 25
+    proc, out, res = launch(tmp_path, corpus, **{"optim.max_time": budget, "optim.max_steps": 100000,
+                                                 "eval.interval": 0, "checkpoint.interval": 0})
+    assert proc.returncode == 0 and [r["ok"] for r in res] == [True, True], out[-3000:]
+    assert res[0]["step"] == res[1]["step"] > 5
+    assert "time budget:" in out
+    assert all(r["budget_used_s"] <= budget + 1.5 for r in res), res  # launch_time: ~1 s grain

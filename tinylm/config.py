@@ -51,7 +51,8 @@ NON_NEGATIVE = (lambda v: v >= 0, ">= 0 (0 turns it off)")
 class OptimConfig:
     batch_size: int = 16  # sequences per process per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step; tokens/step = batch*block*accum*procs
-    max_steps: int = 1000  # optimizer steps
+    max_steps: int = 1000  # optimizer steps (with max_time: a cap)
+    max_time: float = 0.0  # seconds of wall time from launch, all included; 0 = steps decide
     lr: float = 1e-3  # peak LR; small models tolerate a large one (nanoGPT's CPU recipe uses 1e-3)
     min_lr_ratio: float = 0.1  # final LR = lr * this (Chinchilla: decay to ~10%)
     warmup_steps: int = 100  # linear warmup; Adam's second moment needs a few steps to settle
@@ -74,6 +75,7 @@ class OptimConfig:
                 raise ValueError(f"optim.{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
         require("optim", self, {
             "batch_size": POSITIVE, "grad_accum": POSITIVE, "max_steps": POSITIVE,
+            "max_time": (lambda v: v >= 0, ">= 0 seconds (0: max_steps alone decides)"),
             "lr": (lambda v: 0 < v < float("inf"), "a positive learning rate"),
             "min_lr_ratio": (lambda v: 0 <= v <= 1, "0..1"),
             "warmup_steps": (lambda v: v >= 0, ">= 0"),

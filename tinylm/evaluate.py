@@ -125,10 +125,12 @@ class Evaluator:
     def due(self, step: int, max_steps: int) -> bool:
         return bool(self.cfg.interval) and step % self.cfg.interval == 0 and step < max_steps
 
-    def run(self, model: torch.nn.Module, final: bool = False) -> EvalResult:
+    def run(self, model: torch.nn.Module, final: bool = False,
+            max_batches: int | None = None) -> EvalResult:
         """Periodic evals are capped at ``eval.max_batches``; the final one covers the split."""
-        return evaluate(model, self.loader, accelerator=self.accelerator,
-                        max_batches=0 if final else self.cfg.max_batches,
+        if max_batches is None:
+            max_batches = 0 if final else self.cfg.max_batches
+        return evaluate(model, self.loader, accelerator=self.accelerator, max_batches=max_batches,
                         split_bytes=self.split_bytes, split_tokens=self.split_tokens)
 
     @staticmethod

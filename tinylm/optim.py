@@ -30,20 +30,27 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
                              **ADAMW_IMPLS[cfg.adamw])
 
 
-def lr_at(step: int, cfg: OptimConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to
-    ``lr * min_lr_ratio``, or warmup-stable-decay with a linear decay over the last 20%."""
+def lr_at(step: int, cfg: OptimConfig, progress: float | None = None) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup over
+    ``warmup_steps``, then cosine to ``lr * min_lr_ratio``, or warmup-stable-decay with a
+    linear decay over the last 20%.
+
+    The decay follows ``progress`` in [0, 1], the fraction of the run done: the steps taken
+    out of ``max_steps``, or with a time budget the fraction of ``max_time`` used (the
+    trainer passes it), so a budget decays to the floor on any machine."""
     peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
     if step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "wsd":
-        decay_start = int(cfg.max_steps * 0.8)
-        if step < decay_start:
-            return peak
-        frac = (step - decay_start) / max(cfg.max_steps - decay_start, 1)
-        return peak + (floor - peak) * min(frac, 1.0)
-    frac = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(frac, 1.0)))
+        if progress is None:  # in steps: decay over the last 20% of max_steps
+            decay_start = int(cfg.max_steps * 0.8)
+            frac = (step - decay_start) / max(cfg.max_steps - decay_start, 1)
+        else:
+            frac = (progress - 0.8) / 0.2
+        return peak if frac < 0 else peak + (floor - peak) * min(frac, 1.0)
+    if progress is None:
+        progress = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -9,6 +9,7 @@
   re-parented to init, and they go on writing checkpoints into the run directory. A rank
   started by a launcher checks every step that its parent is still the launcher, and stops.
 - :func:`require_writable`: a directory the run will write to, checked before the long work.
+- :func:`launch_time`: when the run was launched, which a time budget counts from.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -69,3 +71,18 @@ class LauncherWatch:
 
     def launcher_gone(self) -> bool:
         return self.parent is not None and os.getppid() != self.parent
+
+
+def launch_time() -> float:
+    """Wall-clock time the run was launched: its launcher's start (``accelerate launch``,
+    ``torchrun``) for a rank a launcher started, else this process's start; from /proc, to
+    about a second (the boot time it is counted from is whole seconds). Elsewhere: now."""
+    pid = os.getppid() if "LOCAL_RANK" in os.environ else os.getpid()
+    try:
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return time.time()

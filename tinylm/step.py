@@ -80,8 +80,10 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                batches: Iterator[tuple[torch.Tensor, torch.Tensor]], runtime, cfg: OptimConfig,
                step: int, *, teacher: torch.nn.Module | None = None,
                distill: DistillConfig | None = None,
-               before_update: Callable[[StepStats], None] | None = None) -> StepStats:
-    """Run optimizer step ``step`` (0-based; it sets the learning rate) on ``model``."""
+               before_update: Callable[[StepStats], None] | None = None,
+               progress: float | None = None) -> StepStats:
+    """Run optimizer step ``step`` (0-based; it sets the learning rate, with ``progress`` the
+    fraction of a time budget used, see ``lr_at``) on ``model``."""
     loss_sum = torch.zeros((), device=runtime.device)
     kl_sum = torch.zeros((), device=runtime.device) if teacher is not None else None
     for _ in range(cfg.grad_accum):
@@ -99,7 +101,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     assert runtime.sync_gradients, "grad_accum micro-steps must end on a sync step"
     # Gradients are all-reduced now; nothing has been applied yet.
     grad_norm = runtime.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-    stats = StepStats(loss_sum / cfg.grad_accum, grad_norm, lr_at(step, cfg),
+    stats = StepStats(loss_sum / cfg.grad_accum, grad_norm, lr_at(step, cfg, progress),
                       None if kl_sum is None else kl_sum / cfg.grad_accum)
     if before_update is not None:
         before_update(stats)

@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
+from tinylm.budget import TimeBudget
 from tinylm.checkpoint import (CheckpointError, Checkpointer, init_from, init_model_config,
                                read_config, read_trainer_state, resolve_resume)
 from tinylm.config import TrainConfig, config_to_dict, save_config
@@ -62,6 +63,7 @@ class TrainState:
     steps_timed: int = 0  # it pays for compilation and warm-up)
     data: dict = field(default_factory=dict)  # TrainBatches position
     tracker_run_id: str | None = None  # the wandb run a resume continues
+    budget_used_s: float = 0.0  # of optim.max_time, by the launches before this checkpoint
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +73,7 @@ class TrainState:
         self.step, self.data = state["step"], state["data"]
         self.tokens = state.get("tokens", self.step * tokens_per_step)
         self.tracker_run_id = state.get("tracker_run_id", state.get("wandb_run_id"))
+        self.budget_used_s = state.get("budget_used_s", 0.0)
 
 
 class _StopSignal:
@@ -99,8 +102,12 @@ class _StopSignal:
 class Trainer:
     """Builds everything a run needs from ``cfg``; :meth:`fit` trains it."""
 
-    def __init__(self, cfg: TrainConfig, hooks: TrainHooks | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, hooks: TrainHooks | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        """``clock`` (default ``time.time``, counted from the launch) is what a time budget
+        is measured with; tests give a fake one."""
         self.hooks = hooks or TrainHooks()
+        self._clock = clock
         self.run_dir = Path(cfg.run_dir)
         self.accelerator = acc = self._make_accelerator(cfg)
         self.main = acc.is_main_process
@@ -143,6 +150,7 @@ class Trainer:
         if self.main:
             save_config(self.cfg, self.run_dir / "config.yaml")
         self.sync = SyncChecker(cfg.sync_check.interval, first_step=self.state.step)
+        self.budget = TimeBudget(o.max_time, self.state.budget_used_s, clock)
         self.logger = RunLogger(self.run_dir, acc, cfg.log, config_to_dict(self.cfg), o.max_steps,
                                 self.state.tracker_run_id, resumed_at=self.state.step)
         self.state.tracker_run_id = self.logger.run_id
@@ -224,10 +232,17 @@ class Trainer:
 
     def _any_process(self, flag: bool) -> bool:
         """True on every process if ``flag`` is True on any (so all take the same branch)."""
+        return bool(self._agree(float(flag))[0])
+
+    def _agree(self, *values: float) -> list[float]:
+        """The maximum of each value over all processes, on every process: one all-reduce."""
         if self.accelerator.num_processes == 1:
-            return flag
-        t = torch.tensor([float(flag)], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+            return list(values)
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
 
     # -- checks before every update -------------------------------------------------------------
     def _before_update(self, stats: StepStats) -> None:
@@ -249,7 +264,8 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train to ``optim.max_steps`` (or a stop signal); returns a summary of the run."""
+        """Train to ``optim.max_steps`` or the end of ``optim.max_time`` (or a stop signal);
+        returns a summary of the run."""
         s, o = self.state, self.cfg.optim
         first, last_eval, window = s.step, None, _Window()
         self.model.train()
@@ -259,13 +275,26 @@ class Trainer:
                     if self.launcher.launcher_gone():  # orphaned: no collective, just stop
                         raise RunDirError(f"the launcher (process {self.launcher.parent}) is "
                                           "gone; this rank stops instead of training on")
-                    if self._any_process(stop.signum is not None):  # before drawing data,
-                        stop.signum = stop.signum or signal.SIGTERM  # so a resume loses no batch
+                    b = self.budget  # one all-reduce: signal, budget used, used + reserve
+                    stop_any, used, needed = self._agree(
+                        float(stop.signum is not None), b.used(),
+                        b.used() + b.reserve(len(self.evaluator.loader)))
+                    if stop_any:  # before drawing data, so a resume loses no batch
+                        stop.signum = stop.signum or signal.SIGTERM
                         break
+                    if b.seconds and needed >= b.seconds:
+                        self.print(f"time budget: {used:.1f} of {b.seconds:g} s used at step "
+                                   f"{s.step}; stopping to leave {needed - used:.1f} s for the "
+                                   "final eval and checkpoint")
+                        break
+                    s.budget_used_s = used
                     t0 = time.perf_counter()
                     stats = train_step(self.model, self.optimizer, self.batches, self.accelerator,
                                        o, s.step, teacher=self.teacher, distill=self.cfg.distill,
-                                       before_update=self._before_update)
+                                       before_update=self._before_update,
+                                       progress=used / b.seconds if b.seconds else None)
+                    if b.seconds and b.eval_s_per_batch is None:  # price the final eval once
+                        self._evaluate(final=False, probe=True)
                     s.step, s.tokens = s.step + 1, s.tokens + self.tokens_per_step
                     if s.step > first + 1:  # the first step pays for compilation and warm-up
                         s.train_seconds += time.perf_counter() - t0
@@ -295,14 +324,24 @@ class Trainer:
         s, o = self.state, self.cfg.optim
         tok_s = self.tokens_per_step * s.steps_timed / s.train_seconds if s.steps_timed else 0.0
         eta = (o.max_steps - s.step) * s.train_seconds / max(s.steps_timed, 1)
+        if self.budget.seconds:  # the budget ends first, or the step cap
+            eta = min(eta, max(self.budget.seconds - self.budget.used(), 0.0))
         record = {"kind": "train", "step": s.step, "tokens": s.tokens, **means,
                   "tokens_per_s": tok_s, "eta_s": eta}
         if torch.cuda.is_available():
             record["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         return record
 
-    def _evaluate(self, final: bool) -> EvalResult:
-        result = self.evaluator.run(self.model, final=final)
+    def _evaluate(self, final: bool, probe: bool = False) -> EvalResult:
+        """An eval, logged; ``probe`` scores one batch, only to time it (for the budget)."""
+        t0 = time.perf_counter()
+        result = self.evaluator.run(self.model, final=final, max_batches=1 if probe else None)
+        batches = 1 if probe else (len(self.evaluator.loader) if final else
+                                   min(self.cfg.eval.max_batches or len(self.evaluator.loader),
+                                       len(self.evaluator.loader)))
+        self.budget.eval_s_per_batch = (time.perf_counter() - t0) / batches
+        if probe:
+            return result
         self.logger.log(Evaluator.record(self.state.step, result))
         if self.hooks.after_eval:
             self.hooks.after_eval(self.model, result, self.state.step)
@@ -315,11 +354,15 @@ class Trainer:
                 f"weights are not finite at step {self.state.step} ({bad[0]}{' ...' if len(bad) > 1 else ''}); "
                 f"not saved. Last good checkpoint: {self.checkpointer.latest() or 'none'}")
         self.state.data = self.batches.state_dict()
+        if self.budget.seconds:
+            self.state.budget_used_s = self.budget.used()
+        t0 = time.perf_counter()
         path = self.checkpointer.save(
             self.state.step, self.raw_model, config_to_dict(self.cfg), self.data.tokenizer_path,
             self.state.state_dict(),
             {"data_dir": str(Path(self.data.dir).resolve()), "val_tokens": self.meta["val_tokens"],
              "val_bytes": self.meta["val_bytes"]})
+        self.budget.save_s = time.perf_counter() - t0
         self.print(f"saved checkpoint {path}")
         return path
 
@@ -336,6 +379,7 @@ class Trainer:
             "num_processes": self.accelerator.num_processes, "tokens_per_s": tok_s,
             "bytes_per_s": tok_s * self.meta["train_bytes"] / max(self.meta["train_tokens"], 1),
             "train_seconds": s.train_seconds, "checkpoint": str(checkpoint),
+            "budget_used_s": self.budget.used() if self.budget.seconds else None,
             "val": last_eval.to_dict() if last_eval else None,
             "params": self.raw_model.num_params(),
         }
