@@ -18,7 +18,8 @@ batch is reported as the data-loader overhead). Without it, batches are random i
 per token is 1.
 
 Keys besides the config's: none. ``cpu_threads``, ``optim.mixed_precision``, ``optim.compile``,
-``optim.adamw``, ``optim.batch_size``, ``data.vocab_size`` and ``model.*`` are the usual knobs.
+``optim.adamw``, ``optim.name`` (adamw, muon), ``optim.batch_size``, ``data.vocab_size`` and
+``model.*`` are the usual knobs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from tinylm.config import load_config  # noqa: E402
 from tinylm.data import DataConfig, TrainBatches, prepare  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
-from tinylm.optim import build_optimizer  # noqa: E402
+from tinylm.optim import build_optimizers  # noqa: E402
 from tinylm.step import LocalRuntime, train_step  # noqa: E402
 
 
@@ -66,7 +67,7 @@ class Variant:
             vocab = cfg.data.vocab_size
         torch.manual_seed(0)
         self.model = GPT(replace(cfg.model, vocab_size=vocab))  # the model pads its own matrix
-        self.optimizer = build_optimizer(self.model, o)
+        self.optimizer = build_optimizers(self.model, o)
         self.forward = torch.compile(self.model) if o.compile else self.model
         self.runtime = LocalRuntime("cpu", o.mixed_precision, o.grad_accum)
         self.precision = self.runtime.mixed_precision

@@ -39,8 +39,9 @@ def launch(tmp_path, corpus, *hook_args, **overrides):
     return proc, out, results(proc.stdout)
 
 
-def test_two_processes_train_and_pass_the_sync_check(tmp_path, corpus):
-    proc, out, res = launch(tmp_path, corpus, **{"optim.max_steps": 30})
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_processes_train_and_pass_the_sync_check(tmp_path, corpus, optimizer):
+    proc, out, res = launch(tmp_path, corpus, **{"optim.max_steps": 30, "optim.name": optimizer})
     assert proc.returncode == 0, out[-3000:]
     assert [r["ok"] for r in res] == [True, True] and res[0]["num_processes"] == 2
     checks = re.findall(r"sync check @ step (\d+): 1 tie group\(s\), param\+grad identical on 2", out)

@@ -64,12 +64,16 @@ class OptimConfig:
     mixed_precision: str = "auto"  # "auto" = bf16 where the hardware supports it; "no", "bf16", "fp16"
     compile: bool = False  # torch.compile: faster steady state, slow first compile (docs/performance.md)
     adamw: str = "fused"  # "fused" (one kernel for all tensors, CPU and GPU), "foreach", "loop"
+    name: str = "adamw"  # "adamw", or "muon": Muon for the blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.02  # Muon's peak LR (modded-nanogpt, nanochat); scaled by the schedule
+    muon_momentum: float = 0.95  # Nesterov momentum, as in Keller Jordan's Muon
+    muon_weight_decay: float = 0.0  # modded-nanogpt and nanochat decay Muon's matrices by 0
 
     def __post_init__(self) -> None:
         if self.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false: mean "no"
             self.mixed_precision = "no"
         choices = {"schedule": ("cosine", "wsd"), "mixed_precision": ("auto", "no", "bf16", "fp16"),
-                   "adamw": ("fused", "foreach", "loop")}
+                   "adamw": ("fused", "foreach", "loop"), "name": ("adamw", "muon")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"optim.{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
@@ -82,7 +86,10 @@ class OptimConfig:
             "weight_decay": (lambda v: v >= 0, ">= 0"),
             "beta1": (lambda v: 0 <= v < 1, "0 <= beta1 < 1"),
             "beta2": (lambda v: 0 <= v < 1, "0 <= beta2 < 1"),
-            "grad_clip": NON_NEGATIVE})
+            "grad_clip": NON_NEGATIVE,
+            "muon_lr": (lambda v: 0 < v < float("inf"), "a positive learning rate"),
+            "muon_momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
+            "muon_weight_decay": (lambda v: v >= 0, ">= 0")})
 
 
 @dataclass

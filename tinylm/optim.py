@@ -1,4 +1,11 @@
-"""How parameters are updated: AdamW's groups and the learning-rate schedule.
+"""How parameters are updated: the optimizers' groups and the learning-rate schedule.
+
+``optim.name=muon`` (Keller Jordan's Muon, ``torch.optim.Muon``, as in the modded-nanogpt speed
+records and nanochat): the 2-D matrices inside the blocks (attention and MLP projections) get
+Muon, an orthogonalized-momentum update (5 Newton-Schulz steps, Nesterov momentum 0.95, peak LR
+0.02 scaled by sqrt(max(1, rows/cols)) per matrix, no weight decay: modded-nanogpt's and
+nanochat's settings); AdamW keeps the tied embedding/head matrix (exactly one state for it:
+Muon is for hidden matrices, not embeddings or heads) and the norm scales.
 
 The learning rate is a function of the optimizer-step count, set by hand on every step rather
 than by a prepared scheduler: accelerate steps a prepared scheduler once per process per step,
@@ -17,17 +24,39 @@ from tinylm.config import OptimConfig
 ADAMW_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only. The tied embedding/head matrix is ONE
-    parameter (``parameters()`` de-duplicates) and is decayed like the other matrices, as in
-    GPT-2 and nanoGPT: it is the head's weight, and decaying only one of its two uses is not a
-    thing a single parameter can do. Norm scales are never decayed."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig,
+                    exclude: set[int] = frozenset()) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (over the parameters not in ``exclude``, ids).
+    The tied embedding/head matrix is ONE parameter (``parameters()`` de-duplicates) and is
+    decayed like the other matrices, as in GPT-2 and nanoGPT: it is the head's weight, and
+    decaying only one of its two uses is not a thing a single parameter can do. Norm scales
+    are never decayed."""
+    params = [p for p in model.parameters() if id(p) not in exclude]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              **ADAMW_IMPLS[cfg.adamw])
+
+
+def build_optimizers(model: torch.nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+    """[AdamW] for ``optim.name=adamw``; [AdamW, Muon] for ``muon``. Every parameter is in
+    exactly one group of one optimizer; each group remembers its peak LR (``set_lr``)."""
+    if cfg.name == "adamw":
+        optimizers = [build_optimizer(model, cfg)]
+    else:
+        hidden = {id(p) for n, p in model.named_parameters()
+                  if n.startswith("layers.") and p.dim() == 2}
+        adamw = build_optimizer(model, cfg, exclude=hidden)
+        muon = torch.optim.Muon([p for p in model.parameters() if id(p) in hidden],
+                                lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=True,
+                                weight_decay=cfg.muon_weight_decay, adjust_lr_fn="original")
+        optimizers = [adamw, muon]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["peak_lr"] = group["lr"]
+    return optimizers
 
 
 def lr_at(step: int, cfg: OptimConfig, progress: float | None = None) -> float:
@@ -53,6 +82,9 @@ def lr_at(step: int, cfg: OptimConfig, progress: float | None = None) -> float:
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def set_lr(optimizers: list[torch.optim.Optimizer], lr: float, peak: float) -> None:
+    """The schedule's ``lr`` (for peak ``peak``) on every group, each relative to its own
+    peak: Muon's 0.02 and AdamW's ``optim.lr`` follow the same curve."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr * (group.get("peak_lr", peak) / peak)  # AdamW's: lr * 1.0, exact

@@ -76,7 +76,8 @@ class LocalRuntime:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def train_step(model: torch.nn.Module,
+               optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer],
                batches: Iterator[tuple[torch.Tensor, torch.Tensor]], runtime, cfg: OptimConfig,
                step: int, *, teacher: torch.nn.Module | None = None,
                distill: DistillConfig | None = None,
@@ -105,7 +106,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                       None if kl_sum is None else kl_sum / cfg.grad_accum)
     if before_update is not None:
         before_update(stats)
-    set_lr(optimizer, stats.lr)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizers = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
+    set_lr(optimizers, stats.lr, cfg.lr)
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     return stats

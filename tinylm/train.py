@@ -35,7 +35,7 @@ from tinylm.distill import load_teacher
 from tinylm.evaluate import EvalResult, Evaluator
 from tinylm.metrics import RunLogger, plot_losses
 from tinylm.model import GPT
-from tinylm.optim import build_optimizer
+from tinylm.optim import build_optimizers
 from tinylm.rundir import LauncherWatch, RunDirError, RunDirLock, require_writable
 from tinylm.step import StepStats, TrainingDiverged, resolve_mixed_precision, train_step
 from tinylm.sync_check import SyncChecker, check_tied_sync
@@ -130,7 +130,7 @@ class Trainer:
         self.evaluator = Evaluator(eval_loader, cfg.eval, self.meta, acc)
         # -- model and optimizer: one module instance for training and evaluation
         self.raw_model = GPT(model_cfg)
-        optimizer = build_optimizer(self.raw_model, o)
+        optimizers = build_optimizers(self.raw_model, o)
         self.checkpointer = Checkpointer(self.run_dir, acc, cfg.checkpoint.interval,
                                          cfg.checkpoint.keep_last)
         resume_from = resolve_resume(cfg.checkpoint.resume, self.checkpointer.root)
@@ -138,7 +138,7 @@ class Trainer:
             self.print(init_from(self.raw_model, cfg.checkpoint.init_from,
                                  self.data.tokenizer_path).summary())
         self.teacher = self._load_teacher()
-        self.model, self.optimizer = acc.prepare(self.raw_model, optimizer)
+        self.model, *self.optimizers = acc.prepare(self.raw_model, *optimizers)
         check_ties(self.model)  # wrapping (DDP, compile) must keep the tie, or we stop here
         self.state = TrainState()
         if resume_from is not None:
@@ -289,7 +289,7 @@ class Trainer:
                         break
                     s.budget_used_s = used
                     t0 = time.perf_counter()
-                    stats = train_step(self.model, self.optimizer, self.batches, self.accelerator,
+                    stats = train_step(self.model, self.optimizers, self.batches, self.accelerator,
                                        o, s.step, teacher=self.teacher, distill=self.cfg.distill,
                                        before_update=self._before_update,
                                        progress=used / b.seconds if b.seconds else None)
