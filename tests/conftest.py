@@ -140,3 +140,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return base / "run"
+
+
+@pytest.fixture(scope="module")
+def prose_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~150 KB of real English prose (helpers.write_corpus), one file per test module."""
+    from helpers import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+
+
+@pytest.fixture
+def in_process_training(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """For tests that call train() in this process: their own HF cache, and accelerate's
+    process-wide state reset afterwards (the next test may ask for another precision)."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

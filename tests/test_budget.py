@@ -10,7 +10,7 @@ import signal
 import pytest
 from accelerate.state import AcceleratorState
 
-from helpers import tiny_overrides, write_corpus
+from helpers import tiny_overrides
 from tinylm.config import load_config
 from tinylm.metrics import read_metrics
 from tinylm.train import TrainHooks, Trainer
@@ -18,16 +18,12 @@ from tinylm.train import TrainHooks, Trainer
 BUDGET = 20.0  # fake seconds
 
 
+pytestmark = pytest.mark.usefixtures("in_process_training")  # conftest
+
+
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+def corpus(prose_corpus):
+    return prose_corpus
 
 
 def budget_run(tmp_path, corpus, seconds_per_step: float, stop_at: int | None = None, **extra):

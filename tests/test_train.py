@@ -14,7 +14,7 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors import safe_open
 
-from helpers import tiny_overrides, write_corpus
+from helpers import tiny_overrides
 from tinylm import checkpoint as ckpt
 from tinylm.config import load_config
 from tinylm.data import EvalBlocks
@@ -23,16 +23,12 @@ from tinylm.model import GPT
 from tinylm.train import TrainHooks, TrainingDiverged, train
 
 
+pytestmark = pytest.mark.usefixtures("in_process_training")  # conftest
+
+
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+def corpus(prose_corpus):
+    return prose_corpus
 
 
 def run(tmp_path, corpus, hooks=None, **overrides):
