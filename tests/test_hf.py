@@ -125,6 +125,19 @@ def test_tinylm_hf_tinylm_is_bitwise(tmp_path, tiny_run):
         assert torch.equal(a[name].view(torch.uint8), b[name].view(torch.uint8)), name
 
 
+def test_heads_wider_than_hidden_over_heads_import_exactly(tmp_path, tokenizer_file):
+    """head_dim is any even width (here 32 x 4 heads = 128 > hidden 64), as Llama allows."""
+    hf_dir = hf_llama(tmp_path, tokenizer_file, head_dim=32)
+    model, _, _ = load_for_inference(import_from_hf(hf_dir, tmp_path / "wide"))
+    assert model.config.head_dim == 32 and model.layers[0].self_attn.o_proj.weight.shape == (64, 128)
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, rtol=0, atol=1e-5)
+    back = export_to_hf(tmp_path / "wide", tmp_path / "wide-hf")
+    assert json.loads((back / "config.json").read_text())["head_dim"] == 32
+
+
 def test_an_untied_model_exports_both_matrices(tmp_path, tokenizer_file):
     hf_dir = hf_llama(tmp_path, tokenizer_file, tie_word_embeddings=False)
     out = import_from_hf(hf_dir, tmp_path / "untied")
@@ -160,7 +173,6 @@ def test_tie_guards_at_the_border(tmp_path, tokenizer_file):
     ("model_type", "mistral", "model_type='mistral': only Llama-architecture"),
     ("rope_parameters", {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0},
      "rope_type='llama3': rotary scaling is not supported"),
-    ("head_dim", 32, "head_dim=32: tinylm needs hidden_size/num_attention_heads = 16"),
 ])
 def test_unsupported_fields_are_one_line_errors_exit_2(tmp_path, tokenizer_file, field, value,
                                                        message):

@@ -15,8 +15,7 @@ The tie: an export writes ``tie_word_embeddings`` explicitly and the tied matrix
 refuses the two ways the ecosystem breaks ties silently: a config that says tied over a file
 holding two different matrices, and a config that says untied over a file with no
 ``lm_head.weight`` (transformers would give a randomly initialised head). Anything tinylm can't
-represent exactly (biases, another activation, a rope scaling, a head_dim other than
-hidden/heads, another architecture) is a one-line error naming the field and its value, never
+represent exactly (biases, another activation, a rope scaling, another architecture) is a one-line error naming the field and its value, never
 an approximation.
 
 Tensors are streamed: an export slices views of the loaded model (no second copy); an import
@@ -68,7 +67,7 @@ def hf_config(cfg: GPTConfig, eot_id: int) -> dict:
 def hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
     """The model's weights under transformers' Llama names (row slices: views, no copies)."""
     c = model.config
-    q, kv = c.n_embd, c.kv_heads * c.head_dim
+    q, kv = c.n_head * c.head_dim, c.kv_heads * c.head_dim
     out = {"model.embed_tokens.weight": model.embed_tokens.weight[:c.vocab_size],
            "model.norm.weight": model.norm.weight}
     if not c.tie_embeddings:  # a tied head is the embedding: stored once
@@ -133,13 +132,12 @@ def gpt_config(hf: dict, path: Path) -> GPTConfig:
                       "plain rotary with any rope_theta)")
     theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
     heads, width = hf["num_attention_heads"], hf["hidden_size"]
-    if hf.get("head_dim") not in (None, width // heads):
-        raise _refuse(path, "head_dim", hf["head_dim"], f"tinylm needs hidden_size/"
-                      f"num_attention_heads = {width // heads}")
+    head_dim = hf.get("head_dim")
+    head_size = head_dim if head_dim not in (None, width / heads) else None
     try:
         return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"],
                          n_layer=hf["num_hidden_layers"], n_head=heads, n_embd=width,
-                         n_kv_head=hf.get("num_key_value_heads") or heads,
+                         n_kv_head=hf.get("num_key_value_heads") or heads, head_size=head_size,
                          mlp_hidden=hf["intermediate_size"], rope_theta=float(theta),
                          norm_eps=hf.get("rms_norm_eps", 1e-6),
                          tie_embeddings=bool(hf.get("tie_word_embeddings", False)))

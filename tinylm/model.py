@@ -32,6 +32,7 @@ class GPTConfig:
     n_layer: int = 6
     n_head: int = 6
     n_kv_head: Optional[int] = None  # key/value heads (grouped-query attention); None = n_head
+    head_size: Optional[int] = None  # width of a head; None = n_embd / n_head (imports may differ)
     n_embd: int = 384  # head dim 64: the size SDPA kernels are tuned for
     mlp_hidden: int = 0  # 0 = Llama's rule, 8/3 * n_embd rounded up to a multiple of 64
     dropout: float = 0.0  # small models on small corpora may want 0.1; pretraining wants 0
@@ -41,10 +42,10 @@ class GPTConfig:
     init_std: float = 0.02  # GPT-2's init; residual projections get / sqrt(2 * n_layer)
 
     def __post_init__(self) -> None:
-        if self.n_embd % self.n_head != 0:
+        if self.head_size is None and self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if (self.n_embd // self.n_head) % 2 != 0:
-            raise ValueError(f"head dim {self.n_embd // self.n_head} must be even for rotary")
+        if self.head_dim <= 0 or self.head_dim % 2 != 0:
+            raise ValueError(f"head dim {self.head_dim} must be even and positive for rotary")
         if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
             raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
         for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -60,7 +61,7 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def kv_heads(self) -> int:
@@ -188,7 +189,7 @@ def block(x: torch.Tensor, weights: tuple[torch.Tensor, ...], heads: tuple[int, 
           rotary: Rotary, layer: int, cache: KVCache | None, mask,
           dropout: float = 0.0) -> torch.Tensor:
     """One pre-norm transformer block on x (B, T, C); ``weights`` as :meth:`Block.weights`;
-    ``heads`` = (query heads, key/value heads).
+    ``heads`` = (query heads, key/value heads, head width).
 
     Attention: one fused q/k/v matmul (rows: the q heads, then k's, then v's), rotary on q and
     k together, grouped-query attention when there are fewer key/value heads, this layer's slice of the
@@ -197,8 +198,8 @@ def block(x: torch.Tensor, weights: tuple[torch.Tensor, ...], heads: tuple[int, 
     between modules and functions would cost a third of its time on a CPU.
     """
     norm1, qkv_w, o_w, norm2, gate_up_w, down_w = weights
-    (H, KV), (B, T, C) = heads, x.shape
-    qkv = F.linear(F.rms_norm(x, (C,), norm1, eps), qkv_w).view(B, T, H + 2 * KV, C // H)
+    (H, KV, D), (B, T, C) = heads, x.shape
+    qkv = F.linear(F.rms_norm(x, (C,), norm1, eps), qkv_w).view(B, T, H + 2 * KV, D)
     q, k = rotary(qkv[:, :, :H + KV], H)  # (B, H, T, D), (B, KV, T, D)
     v = qkv[:, :, H + KV:].transpose(1, 2)
     if cache is not None:  # append this step's keys and values, attend over all so far
@@ -208,7 +209,7 @@ def block(x: torch.Tensor, weights: tuple[torch.Tensor, ...], heads: tuple[int, 
         k, v = keys[:, :, :end], values[:, :, :end]
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                        dropout_p=dropout, enable_gqa=KV != H)
-    y = y.view(B, 1, C) if T == 1 else y.transpose(1, 2).reshape(B, T, C)  # heads side by side
+    y = y.view(B, 1, H * D) if T == 1 else y.transpose(1, 2).reshape(B, T, H * D)  # heads side by side
     h = F.linear(y, o_w)
     x = x + (F.dropout(h, dropout) if dropout else h)
     gate, up = F.linear(F.rms_norm(x, (C,), norm2, eps), gate_up_w).chunk(2, dim=-1)
@@ -221,9 +222,9 @@ class Attention(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        kv_dim = config.kv_heads * config.head_dim
-        self.qkv_proj = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=False)
-        self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        q_dim, kv_dim = config.n_head * config.head_dim, config.kv_heads * config.head_dim
+        self.qkv_proj = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=False)
+        self.o_proj = nn.Linear(q_dim, config.n_embd, bias=False)
 
 
 class MLP(nn.Module):
@@ -246,7 +247,8 @@ class Block(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
         self.mlp = MLP(config)
-        self.heads, self.eps, self.dropout = (config.n_head, config.kv_heads), config.norm_eps, config.dropout
+        self.heads = (config.n_head, config.kv_heads, config.head_dim)
+        self.eps, self.dropout = config.norm_eps, config.dropout
 
     def weights(self) -> tuple[torch.Tensor, ...]:
         a, m = self.self_attn, self.mlp
@@ -306,14 +308,14 @@ class GPT(TieGuarded):
 
         6 per matmul weight (the norm scales are no matmul, nor is the embedding lookup; the
         tied matrix is counted once, as the head, padding rows included: they are computed),
-        plus attention scores and values, 12 * layers * width * seq_len. Tested against
+        plus attention scores and values, 12 * layers * heads * head_dim * seq_len. Tested against
         torch's FlopCounterMode.
         """
         c, T = self.config, seq_len or self.config.block_size
         matmul_params = sum(p.numel() for p in self.parameters() if p.dim() >= 2)
         if not c.tie_embeddings:
             matmul_params -= self.embed_tokens.weight.numel()
-        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * T
+        return 6 * matmul_params + 12 * c.n_layer * c.n_head * c.head_dim * T
 
     # -- forward -----------------------------------------------------------------------------
     def forward(
@@ -377,7 +379,8 @@ class GPT(TieGuarded):
         rotary, mask = cache.rotary(1), self._attention_mask(cache, 1, ids.device)
         x = F.embedding(ids, embed_w)
         for i, weights_i in enumerate(blocks):
-            x = block(x, weights_i, (c.n_head, c.kv_heads), c.norm_eps, rotary, i, cache, mask)
+            x = block(x, weights_i, (c.n_head, c.kv_heads, c.head_dim), c.norm_eps, rotary, i,
+                      cache, mask)
         cache.pos += 1
         logits = F.linear(F.rms_norm(x[:, -1], (c.n_embd,), norm_w, c.norm_eps), head_w)
         return logits[:, :c.vocab_size] if c.padded_vocab_size != c.vocab_size else logits

@@ -112,10 +112,10 @@ def student_config(teacher: GPTConfig, n_layer: int, n_embd: int | None = None) 
     if n_embd is None or n_embd == teacher.n_embd:
         return replace(teacher, n_layer=n_layer)
     hd = teacher.head_dim
-    if teacher.kv_heads != teacher.n_head:
-        raise ValueError(f"n_embd={n_embd}: narrowing a grouped-query teacher (n_kv_head="
-                         f"{teacher.n_kv_head} < n_head={teacher.n_head}) is not supported; "
-                         "keep its width, or choose layers only")
+    if teacher.kv_heads != teacher.n_head or teacher.head_size:
+        raise ValueError(f"n_embd={n_embd}: narrowing a grouped-query teacher or one whose "
+                         "heads are not n_embd/n_head wide (an import) is not supported; keep "
+                         "its width, or choose layers only")
     if n_embd > teacher.n_embd:
         raise ValueError(f"n_embd={n_embd}: wider than the teacher's {teacher.n_embd}; a "
                          "student can only keep channels the teacher has")
