@@ -59,3 +59,19 @@ def test_step_sets_the_lr_and_calls_before_update_before_applying():
     assert stats.lr == lr_at(4, cfg) == opt.param_groups[0]["lr"]
     assert stats.grad_norm.item() > 0.5 and seen["norm_after_clip"] == pytest.approx(0.5, rel=1e-4)
     assert all(p.grad is None for p in m.parameters())  # zeroed for the next step
+
+
+def test_auto_precision_is_measured_on_this_model_and_the_faster_one_wins():
+    from tinylm.step import _cpu_has_bf16, choose_precision, measure_precision
+
+    cfg = GPTConfig(vocab_size=70, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    o = OptimConfig(batch_size=4)
+    ms = measure_precision(cfg, o, steps=2)
+    assert set(ms) == {"no", "bf16"} and all(v > 0 for v in ms.values())
+    precision, why = choose_precision("auto", cfg, o, num_processes=1)
+    if _cpu_has_bf16():
+        assert precision in ("no", "bf16") and why.startswith("auto: measured")
+    else:
+        assert (precision, why) == ("no", "auto: this CPU has no bf16 kernels")
+    assert choose_precision("auto", cfg, o, num_processes=2)[0] == "no"  # no shared measurement
+    assert choose_precision("bf16", cfg, o, num_processes=1) == ("bf16", "")

@@ -61,7 +61,7 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95  # 0.95 rather than 0.999: steadier for small-batch LM training
     grad_clip: float = 1.0  # clip the global grad norm; 0 disables
-    mixed_precision: str = "auto"  # "auto" = bf16 where the hardware supports it; "no", "bf16", "fp16"
+    mixed_precision: str = "auto"  # "auto": bf16 on GPUs; on a CPU the faster, timed at start; "no", "bf16", "fp16"
     compile: bool = False  # torch.compile: faster steady state, slow first compile (docs/performance.md)
     adamw: str = "fused"  # "fused" (one kernel for all tensors, CPU and GPU), "foreach", "loop"
     name: str = "adamw"  # "adamw", or "muon": Muon for the blocks' matrices, AdamW for the rest

@@ -13,6 +13,8 @@ clip_grad_norm_(params, max_norm), sync_gradients.
 
 from __future__ import annotations
 
+import statistics
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -38,17 +40,62 @@ class StepStats:
     kl: torch.Tensor | None = None  # distillation's KL term, when distilling
 
 
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_mixed_precision(choice: str) -> str:
-    """"auto" -> bf16 on GPUs and CPUs that do bf16 natively, else "no" (fp32). Whether it is
-    faster on a CPU depends on the width (measurements in docs/performance.md)."""
+    """"auto" without a model to measure: bf16 on GPUs that support it, else fp32 ("no");
+    the trainer measures on CPUs instead (:func:`choose_precision`)."""
     if choice != "auto":
         return choice
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-    except (AttributeError, RuntimeError):
-        return "no"
+    return "no"
+
+
+def measure_precision(model_cfg, optim_cfg: OptimConfig, steps: int = 3) -> dict[str, float]:
+    """Median ms per training step of a scratch copy of the run's model, fp32 vs bf16
+    autocast, in interleaved rounds on random tokens (the speed does not depend on them)."""
+    from tinylm.model import GPT
+    from tinylm.optim import build_optimizers
+
+    g = torch.Generator().manual_seed(0)
+    shape = (optim_cfg.batch_size, model_cfg.block_size)
+    batch = (torch.randint(0, model_cfg.vocab_size, shape, generator=g),
+             torch.randint(0, model_cfg.vocab_size, shape, generator=g))
+    runs = {}
+    for precision in ("no", "bf16"):
+        model = GPT(model_cfg)
+        runs[precision] = (model, build_optimizers(model, optim_cfg), LocalRuntime("cpu", precision))
+    times: dict[str, list[float]] = {p: [] for p in runs}
+    for i in range(steps + 1):  # the first round warms up and is not counted
+        for precision, (model, opts, runtime) in runs.items():
+            t0 = time.perf_counter()
+            train_step(model, opts, iter([batch] * optim_cfg.grad_accum), runtime, optim_cfg, 0)
+            if i:
+                times[precision].append(1000 * (time.perf_counter() - t0))
+    return {p: statistics.median(t) for p, t in times.items()}
+
+
+def choose_precision(choice: str, model_cfg, optim_cfg: OptimConfig,
+                     num_processes: int) -> tuple[str, str]:
+    """(precision, why) for ``optim.mixed_precision``. "auto" on a CPU that can run bf16
+    autocast times a few steps of each on this very model in one process and takes the faster
+    (which one wins depends on the CPU and the width: docs/performance.md). Several CPU
+    processes can't agree on a measurement before their process group exists: fp32."""
+    if choice != "auto" or torch.cuda.is_available():
+        return resolve_mixed_precision(choice), "" if choice != "auto" else "auto: CUDA rule"
+    if not _cpu_has_bf16():
+        return "no", "auto: this CPU has no bf16 kernels"
+    if num_processes > 1:
+        return "no", "auto: fp32 for several CPU processes (no shared measurement)"
+    ms = measure_precision(model_cfg, optim_cfg)
+    best = min(ms, key=ms.get)
+    return best, f"auto: measured {ms['bf16']:.1f} ms/step bf16 vs {ms['no']:.1f} fp32"
 
 
 class LocalRuntime:

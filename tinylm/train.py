@@ -37,7 +37,7 @@ from tinylm.metrics import RunLogger, plot_losses
 from tinylm.model import GPT
 from tinylm.optim import build_optimizers
 from tinylm.rundir import LauncherWatch, RunDirError, RunDirLock, require_writable
-from tinylm.step import StepStats, TrainingDiverged, resolve_mixed_precision, train_step
+from tinylm.step import StepStats, TrainingDiverged, choose_precision, train_step
 from tinylm.sync_check import SyncChecker, check_tied_sync
 from tinylm.tying import check_ties
 
@@ -199,23 +199,26 @@ class Trainer:
 
     @staticmethod
     def _make_accelerator(cfg: TrainConfig) -> Accelerator:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if not torch.cuda.is_available():  # accelerate gives one CPU process 1 thread: use the
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # cores (before measuring)
+            torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // local))
+        vocab = replace(cfg.model, vocab_size=cfg.data.vocab_size)  # the tokenizer's, about
+        precision, why = choose_precision(cfg.optim.mixed_precision, vocab, cfg.optim, world)
         acc = Accelerator(
             # Without CUDA, say so: a MULTI_GPU launch config with use_cpu then really gives N
             # gloo ranks instead of N independent single-process runs (environment notes).
             cpu=not torch.cuda.is_available(),
             gradient_accumulation_steps=cfg.optim.grad_accum,
-            mixed_precision=resolve_mixed_precision(cfg.optim.mixed_precision),
+            mixed_precision=precision,
             log_with="wandb" if cfg.log.wandb != "disabled" else None,
             project_dir=str(cfg.run_dir),
             dynamo_backend="inductor" if cfg.optim.compile else "no",
         )
-        threads = ""
-        if acc.device.type == "cpu":  # accelerate gives one CPU process 1 thread: use the cores
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // local))
-            threads = f", {torch.get_num_threads()} thread(s) each"
+        threads = f", {torch.get_num_threads()} thread(s) each" if acc.device.type == "cpu" else ""
         acc.print(f"tinylm: {acc.num_processes} process(es) ({acc.distributed_type.value}), "
-                  f"device {acc.device}{threads}, mixed precision {acc.mixed_precision}")
+                  f"device {acc.device}{threads}, mixed precision {acc.mixed_precision}"
+                  f"{f' ({why})' if why else ''}")
         return acc
 
     def _load_teacher(self) -> GPT | None:
