@@ -12,7 +12,8 @@ does not change the speed; nothing is downloaded):
   (compilation), peak GPU memory, MFU = tokens/s x flops_per_token / the card's dense bf16 peak
   (``tinylm.hardware``; an unknown card and every CPU get no MFU);
 - variants as ratios to base, in the same invocation: compile off, ``optim.adamw=foreach``
-  instead of fused, and a batch twice the preset's;
+  instead of fused, a batch twice the preset's, and activation checkpointing (peak memory
+  against step time);
 - generate: the base run's final checkpoint, batch 1 and 8, KV cache, tokens/s;
 - sync check: its ms (from the trainer's log lines) against the step time at the preset's
   ``sync_check.interval``.
@@ -119,7 +120,8 @@ def table(args, work: Path) -> list[dict]:
     card = torch.cuda.get_device_name() if device == "cuda" else None
     variants = [("base", []), ("no compile", ["optim.compile=false"]),
                 ("foreach AdamW", ["optim.adamw=foreach"]),
-                (f"batch {2 * preset.optim.batch_size}", [f"optim.batch_size={2 * preset.optim.batch_size}"])]
+                (f"batch {2 * preset.optim.batch_size}", [f"optim.batch_size={2 * preset.optim.batch_size}"]),
+                ("activation checkpointing", ["model.activation_checkpointing=true"])]
     if args.dry_run:  # compiling even a tiny model takes longer than the whole dry run
         variants = [v for v in variants if v[0] != "no compile"]
     runs = {name: launch(name.replace(" ", "-"), ov, args, work) for name, ov in variants}

@@ -41,7 +41,8 @@ def test_dry_run_prints_the_table_on_cpu(tmp_path):
     rows = result["rows"]
     assert result["card"] == "CPU (dry run)"
     train = [r for r in rows if r["row"] == "train"]
-    assert [r["setting"] for r in train] == ["base", "optim.adamw=foreach", "optim.batch_size=8"]
+    assert [r["setting"] for r in train] == ["base", "optim.adamw=foreach", "optim.batch_size=8",
+                                             "model.activation_checkpointing=true"]
     base = train[0]
     for r in train:
         assert r["tokens/s"] > 0 and r["MFU"] is None and r["peak GiB"] is None  # CPU: none

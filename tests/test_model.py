@@ -153,3 +153,17 @@ def test_residual_projections_are_scaled_by_depth():
 def test_bad_config_is_a_clear_error(bad):
     with pytest.raises(ValueError):
         GPTConfig(**{**dict(vocab_size=10, block_size=8, n_layer=1, n_head=4, n_embd=32), **bad})
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_keeps_the_tie():
+    """Recomputing each block in backward changes memory, not math (fp32, same seed)."""
+    plain, recompute = make().train(), make(activation_checkpointing=True).train()
+    recompute.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 101, (3, 24))
+    for m in (plain, recompute):
+        _, loss = m(x, x.roll(-1, 1))
+        loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), recompute.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7, msg=name)
+    assert recompute.lm_head.weight is recompute.embed_tokens.weight
+    assert recompute.lm_head.weight.grad is recompute.embed_tokens.weight.grad

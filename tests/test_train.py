@@ -280,3 +280,14 @@ def test_an_unwritable_run_dir_is_one_error_before_any_work(tmp_path, corpus):
     with pytest.raises(RunDirError, match=rf"run_dir={blocker / 'run'}: not a writable directory"):
         run(tmp_path, corpus, **{"run_dir": blocker / "run", "optim.max_steps": 5})
     assert not (tmp_path / "data").exists()  # refused before preparing data
+
+
+def test_a_model_far_too_big_for_its_corpus_is_warned_about(tmp_path, corpus, capsys):
+    """gpt2-small on the 2 MB built-in corpus would memorize it: one warning line, with the
+    tokens-per-parameter ratio. Also: no MFU or TFLOP/s on a CPU (no meaningful peak)."""
+    run(tmp_path, corpus, **{"optim.max_steps": 2, "model.n_embd": 256, "model.n_head": 4,
+                             "model.n_layer": 4, "log.interval": 1})
+    out = capsys.readouterr().out
+    warning = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "unique training tokens per parameter (Chinchilla-optimal is ~20)" in warning[0]
+    assert "MFU" not in out and "TFLOP/s" not in out

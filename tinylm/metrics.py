@@ -23,10 +23,13 @@ def format_seconds(s: float) -> str:
 
 
 def train_line(step: int, max_steps: int, loss: float, lr: float, tok_s: float, eta_s: float,
-               grad_norm: float | None = None) -> str:
+               grad_norm: float | None = None, tflops: float | None = None,
+               mfu: float | None = None) -> str:
     gn = f" | gnorm {grad_norm:.2f}" if grad_norm is not None else ""
+    speed = f" | {tflops:.1f} TFLOP/s" if tflops is not None else ""
+    speed += f" | MFU {100 * mfu:.1f}%" if mfu is not None else ""
     return (f"step {step:>6}/{max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-            f"{tok_s / 1000:.1f}k tok/s{gn} | eta {format_seconds(eta_s)}")
+            f"{tok_s / 1000:.1f}k tok/s{speed}{gn} | eta {format_seconds(eta_s)}")
 
 
 def eval_line(step: int, loss: float, bits_per_byte: float, tokens: int) -> str:
@@ -127,7 +130,8 @@ class RunLogger:
                                  record["val_tokens"]))
         else:
             self.print(train_line(step, self.max_steps, record["loss"], record["lr"],
-                                  record["tokens_per_s"], record["eta_s"], record["grad_norm"]))
+                                  record["tokens_per_s"], record["eta_s"], record["grad_norm"],
+                                  record.get("tflops"), record.get("mfu")))
         self.metrics.write(record)
         self.accelerator.log({k: v for k, v in record.items() if k not in ("kind", "step")},
                              step=step)

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from tinylm.tying import TieGuarded, tie
@@ -40,6 +41,7 @@ class GPTConfig:
     rope_theta: float = 10000.0  # Llama 2's base; plenty for contexts of a few thousand
     norm_eps: float = 1e-5  # Llama's RMSNorm epsilon
     init_std: float = 0.02  # GPT-2's init; residual projections get / sqrt(2 * n_layer)
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
 
     def __post_init__(self) -> None:
         if self.head_size is None and self.n_embd % self.n_head != 0:
@@ -348,8 +350,13 @@ class GPT(TieGuarded):
             rotary = Rotary(*rotary_cos_sin(torch.arange(T, device=idx.device), c.head_dim,
                                             c.rope_theta, x.dtype))
         mask = self._attention_mask(cache, T, idx.device)
+        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, rotary, i, cache, mask)
+            if recompute:  # keep only each block's input; its activations are made again in backward
+                x = torch.utils.checkpoint.checkpoint(layer, x, rotary, i, cache, mask,
+                                                      use_reentrant=False)
+            else:
+                x = layer(x, rotary, i, cache, mask)
         if cache is not None:
             cache.pos += T
         if last_only:

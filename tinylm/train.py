@@ -33,6 +33,7 @@ from tinylm.config import TrainConfig, config_to_dict, save_config
 from tinylm.data import EvalBlocks, TrainBatches, prepare
 from tinylm.distill import load_teacher
 from tinylm.evaluate import EvalResult, Evaluator
+from tinylm.hardware import mfu
 from tinylm.metrics import RunLogger, plot_losses
 from tinylm.model import GPT
 from tinylm.optim import build_optimizers
@@ -154,9 +155,15 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, acc, cfg.log, config_to_dict(self.cfg), o.max_steps,
                                 self.state.tracker_run_id, resumed_at=self.state.step)
         self.state.tracker_run_id = self.logger.run_id
-        self.print(f"model: {self.raw_model.num_params() / 1e6:.2f}M parameters (tied matrix "
-                   f"counted once), vocab {model_cfg.vocab_size}, context {T}; train "
-                   f"{self.meta['train_tokens']:,} tokens, val {self.meta['val_tokens']:,} tokens")
+        n_params = self.raw_model.num_params()
+        self.flops_per_token = self.raw_model.flops_per_token(T)
+        self.print(f"model: {n_params / 1e6:.2f}M parameters (tied matrix counted once), vocab "
+                   f"{model_cfg.vocab_size}, context {T}; train {self.meta['train_tokens']:,} "
+                   f"tokens, val {self.meta['val_tokens']:,} tokens")
+        if self.meta["train_tokens"] < 0.1 * n_params:  # gpt2-small on the 2 MB built-in corpus
+            self.print(f"warning: {self.meta['train_tokens'] / n_params:.3f} unique training "
+                       f"tokens per parameter (Chinchilla-optimal is ~20): this model will "
+                       f"mostly memorize data.source={cfg.data.source}; give it a bigger corpus")
 
     def _claim_run_dir(self) -> RunDirLock | None:
         """The main process checks run_dir is writable and locks it; a failure there is the
@@ -331,8 +338,11 @@ class Trainer:
             eta = min(eta, max(self.budget.seconds - self.budget.used(), 0.0))
         record = {"kind": "train", "step": s.step, "tokens": s.tokens, **means,
                   "tokens_per_s": tok_s, "eta_s": eta}
-        if torch.cuda.is_available():
+        if torch.cuda.is_available():  # model FLOPs: a CPU has no meaningful peak, so no MFU there
             record["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            per_process = tok_s / self.accelerator.num_processes
+            record["tflops"] = per_process * self.flops_per_token / 1e12
+            record["mfu"] = mfu(per_process, self.flops_per_token, torch.cuda.get_device_name())
         return record
 
     def _evaluate(self, final: bool, probe: bool = False) -> EvalResult:
