@@ -58,6 +58,14 @@ def accelerate_2proc(script: Path, args: list[str], tmp: Path, timeout: int = 30
     return subprocess.run(cmd, capture_output=True, text=True, env=env(tmp), timeout=timeout, cwd=REPO)
 
 
+def failure_excerpt(log: str, width: int = 2500) -> str:
+    """The part of a multi-process log that says why a rank died (the launcher's own summary,
+    at the end, names only the signal)."""
+    marks = [i for i in (log.find("terminate called"), log.find("Traceback")) if i >= 0]
+    start = max(0, min(marks) - 300) if marks else max(0, len(log) - width)
+    return log[start:start + width]
+
+
 def world_size(log: str) -> int:
     """The process count the trainer states on its first line (asserted by every dist test)."""
     m = re.search(r"tinylm: (\d+) process", log)

@@ -14,7 +14,8 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, accelerate_2proc, env, free_port, tiny_overrides, world_size, write_corpus
+from helpers import (REPO, accelerate_2proc, env, failure_excerpt, free_port, tiny_overrides,
+                     world_size, write_corpus)
 from tinylm import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
@@ -35,14 +36,14 @@ def launch(tmp_path, corpus, *hook_args, **overrides):
     args = [*hook_args, "configs/tiny.yaml", *tiny_overrides(tmp_path, corpus, **overrides)]
     proc = accelerate_2proc(HOOKS, args, tmp_path)
     out = proc.stdout + proc.stderr
-    assert world_size(out) == 2, out[-3000:]
+    assert world_size(out) == 2, failure_excerpt(out)
     return proc, out, results(proc.stdout)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_two_processes_train_and_pass_the_sync_check(tmp_path, corpus, optimizer):
     proc, out, res = launch(tmp_path, corpus, **{"optim.max_steps": 30, "optim.name": optimizer})
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, failure_excerpt(out)
     assert [r["ok"] for r in res] == [True, True] and res[0]["num_processes"] == 2
     checks = re.findall(r"sync check @ step (\d+): 1 tie group\(s\), param\+grad identical on 2", out)
     assert checks == ["0", "10", "20"]
@@ -64,7 +65,8 @@ def test_sync_check_fires_when_one_rank_tied_grad_differs(tmp_path, corpus):
     proc, out, res = launch(tmp_path, corpus, "--fault-rank", "1", "--fault-step", "10",
                             **{"optim.max_steps": 30, "checkpoint.interval": 5})
     assert proc.returncode != 0
-    assert len(res) == 2 and all(not r["ok"] and r["error"] == "TiedSyncError" for r in res), out[-3000:]
+    assert len(res) == 2 and all(not r["ok"] and r["error"] == "TiedSyncError" for r in res), \
+        failure_excerpt(out)
     assert "embed_tokens.weight=module.lm_head.weight grad differs on rank(s) [1]" in res[0]["message"]
     assert "param differs" not in res[0]["message"]  # parameters still agree: caught in time
     # stopped before the optimizer step: no checkpoint of the corrupt state
@@ -116,11 +118,11 @@ def test_two_nodes_on_localhost(tmp_path, corpus):
 
 def test_distillation_with_two_processes(tmp_path, corpus):
     proc, out, _ = launch(tmp_path / "teacher", corpus, **{"optim.max_steps": 10})
-    assert proc.returncode == 0, out[-2000:]
+    assert proc.returncode == 0, failure_excerpt(out)
     teacher = tmp_path / "teacher" / "run" / "checkpoints" / "step-10"
     proc, out, res = launch(tmp_path / "student", corpus, **{
         "optim.max_steps": 10, "model.n_layer": 1, "distill.teacher": teacher})
-    assert proc.returncode == 0 and res[0]["ok"], out[-2000:]
+    assert proc.returncode == 0 and res[0]["ok"], failure_excerpt(out)
     assert "distilling from" in out and "identical on 2 process" in out
 
 
@@ -131,7 +133,7 @@ def test_a_time_budget_stops_both_ranks_at_the_same_step(tmp_path, corpus):
     budget = 25
     proc, out, res = launch(tmp_path, corpus, **{"optim.max_time": budget, "optim.max_steps": 100000,
                                                  "eval.interval": 0, "checkpoint.interval": 0})
-    assert proc.returncode == 0 and [r["ok"] for r in res] == [True, True], out[-3000:]
+    assert proc.returncode == 0 and [r["ok"] for r in res] == [True, True], failure_excerpt(out)
     assert res[0]["step"] == res[1]["step"] > 5
     assert "time budget:" in out
     assert all(r["budget_used_s"] <= budget + 1.5 for r in res), res  # launch_time: ~1 s grain

@@ -383,7 +383,8 @@ class Trainer:
         s = self.state
         if self.main and self.cfg.log.plot:
             plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
-        self.accelerator.end_training()
+        self.accelerator.wait_for_everyone()  # no rank tears its process group down while
+        self.accelerator.end_training()  # another is still in one (an abort at exit, seen ~4%)
         if self.lock is not None:
             self.lock.release()
         tok_s = self.tokens_per_step * s.steps_timed / s.train_seconds if s.steps_timed else 0.0
