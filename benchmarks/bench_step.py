@@ -43,7 +43,7 @@ from tinylm.config import load_config  # noqa: E402
 from tinylm.data import DataConfig, TrainBatches, prepare  # noqa: E402
 from tinylm.model import GPT  # noqa: E402
 from tinylm.optim import build_optimizers  # noqa: E402
-from tinylm.step import LocalRuntime, train_step  # noqa: E402
+from tinylm.step import LocalRuntime, choose_precision, train_step  # noqa: E402
 
 
 class Variant:
@@ -69,7 +69,8 @@ class Variant:
         self.model = GPT(replace(cfg.model, vocab_size=vocab))  # the model pads its own matrix
         self.optimizer = build_optimizers(self.model, o)
         self.forward = torch.compile(self.model) if o.compile else self.model
-        self.runtime = LocalRuntime("cpu", o.mixed_precision, o.grad_accum)
+        precision, _ = choose_precision(o.mixed_precision, self.model.config, o, 1)  # as the trainer
+        self.runtime = LocalRuntime("cpu", precision, o.grad_accum)
         self.precision = self.runtime.mixed_precision
         self.random_batch = (torch.randint(0, vocab, (o.batch_size, T)),
                              torch.randint(0, vocab, (o.batch_size, T)))

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 
 from tinylm.atomic import atomic_dir, atomic_path, atomic_write, publish_dir
 from tinylm.corpus import DataError
-from tinylm.model import GPT, GPTConfig
+from tinylm.model import GPT, GPTConfig, padded_vocab
 from tinylm.tokenizer import Tokenizer
 from tinylm.tying import check_ties, tied_groups
 
@@ -163,30 +163,36 @@ def _upgrade_format_1(ckpt: Path, cfg: dict) -> dict:
     except DataError as e:
         raise CheckpointError(f"{ckpt}: format 1 checkpoint: {e}") from None
     stored = cfg["model"].get("vocab_size")
-    if stored != 64 * -(-n_tokens // 64):
+    if stored != padded_vocab(n_tokens):
         raise CheckpointError(
             f"{ckpt / CONFIG_FILE}: format 1 checkpoint with vocab_size={stored}, which is not its "
             f"tokenizer's {n_tokens} padded to 64; load it with tinylm 0.1 and re-save its "
-            "weights into a model of vocab_size={n_tokens}")
+            f"weights into a model of vocab_size={n_tokens}")
     return {**cfg, "format": CHECKPOINT_FORMAT, "model": {**cfg["model"], "vocab_size": n_tokens}}
+
+
+def _gpt_config(ckpt: Path, cfg: dict) -> GPTConfig:
+    try:
+        return GPTConfig(**cfg["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt / CONFIG_FILE}: bad model config ({e})") from None
 
 
 def model_config(ckpt: str | Path) -> GPTConfig:
     """The architecture a checkpoint (or a run dir's latest) holds."""
     ckpt = resolve_checkpoint(ckpt)
-    try:
-        return GPTConfig(**read_config(ckpt)["model"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt / CONFIG_FILE}: bad model config ({e})") from None
+    return _gpt_config(ckpt, read_config(ckpt))
 
 
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
     """Build the GPT a checkpoint describes and load its weights: (model in eval mode, config).
     Built on the meta device and given the file's tensors: no random init, one copy."""
+    ckpt = resolve_checkpoint(ckpt)
+    cfg = read_config(ckpt)
     with torch.device("meta"):
-        model = GPT(model_config(ckpt))
-    load_weights(model, Path(ckpt) / MODEL_FILE, assign=True)
-    return model.to(device).eval(), read_config(ckpt)
+        model = GPT(_gpt_config(ckpt, cfg))
+    load_weights(model, ckpt / MODEL_FILE, assign=True)
+    return model.to(device).eval(), cfg
 
 
 def write_checkpoint(ckpt_dir: str | Path, model: GPT, train_config: dict,

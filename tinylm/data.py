@@ -131,7 +131,7 @@ def prepared_key(cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepared_dir(cfg: DataConfig) -> Path:
+def prepared_dir(cfg: DataConfig, key: Optional[str] = None) -> Path:
     """``<dir>/<name>-v<vocab>-<key>``: the name is the file or folder name (the last
     part without wildcards for a glob, ``owner_name`` for a Hub dataset); the key
     keeps two sources with the same name apart."""
@@ -142,7 +142,7 @@ def prepared_dir(cfg: DataConfig) -> Path:
         name = cfg.source
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_.")[-40:] or "corpus"
     vocab = f"v{cfg.vocab_size}" if not cfg.tokenizer else "given-tokenizer"
-    return Path(cfg.dir) / f"{slug}-{vocab}-{prepared_key(cfg)[:8]}"
+    return Path(cfg.dir) / f"{slug}-{vocab}-{(key or prepared_key(cfg))[:8]}"
 
 
 def _reusable_meta(out: Path, fp: str) -> Optional[dict]:
@@ -224,7 +224,8 @@ def _write_splits(streams: list[tuple[datasets.Dataset, list[tuple[Path, int]]]]
 # -- prepare -----------------------------------------------------------------------------------
 
 def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False) -> PreparedData:
-    fp, out = prepared_key(cfg), prepared_dir(cfg)
+    fp = prepared_key(cfg)
+    out = prepared_dir(cfg, fp)
     meta = _reusable_meta(out, fp)
     if meta is not None:
         return PreparedData(out, meta)

@@ -24,6 +24,7 @@ reads one tensor at a time and holds only the tinylm tensors it builds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -160,23 +161,27 @@ def _weight_files(hf_dir: Path) -> list[Path]:
 
 def _tinylm_tensors(hf_dir: Path, cfg: GPTConfig) -> dict[str, torch.Tensor]:
     """Read the HF weights one at a time into tinylm's names and layout, guarding the tie."""
-    src: dict[str, tuple[Path, str]] = {}
-    for f in _weight_files(hf_dir):
-        with safe_open(str(f), framework="pt") as sf:
-            src.update({k: (f, k) for k in sf.keys()})
+    with contextlib.ExitStack() as files:
+        shards = [files.enter_context(safe_open(str(f), framework="pt"))
+                  for f in _weight_files(hf_dir)]
+        src = {k: sf for sf in shards for k in sf.keys()}  # name -> its open shard
 
-    def get(name: str) -> torch.Tensor:
-        if name not in src:
-            raise HFConvertError(f"{hf_dir}: no tensor {name}")
-        with safe_open(str(src[name][0]), framework="pt") as sf:
-            return sf.get_tensor(name).float()
+        def get(name: str) -> torch.Tensor:
+            if name not in src:
+                raise HFConvertError(f"{hf_dir}: no tensor {name}")
+            return src[name].get_tensor(name).float()
+
+        return _convert_tensors(hf_dir, cfg, get, has_head="lm_head.weight" in src)
+
+
+def _convert_tensors(hf_dir: Path, cfg: GPTConfig, get, has_head: bool) -> dict[str, torch.Tensor]:
+    """tinylm's tensors, each built from ``get(hf_name)`` as it is needed."""
 
     def padded(w: torch.Tensor) -> torch.Tensor:  # the padding rows are zeros
         return torch.cat([w, w.new_zeros(cfg.padded_vocab_size - w.size(0), w.size(1))])
 
     out = {"embed_tokens.weight": padded(get("model.embed_tokens.weight")),
            "norm.weight": get("model.norm.weight")}
-    has_head = "lm_head.weight" in src
     if cfg.tie_embeddings and has_head and not torch.equal(
             get("lm_head.weight"), out["embed_tokens.weight"][:cfg.vocab_size]):
         raise HFConvertError(f"{hf_dir}: tie_word_embeddings is true but lm_head.weight differs "

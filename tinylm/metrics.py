@@ -56,8 +56,8 @@ class MetricsFile:
     def truncate_after(self, step: int) -> None:
         """Drop the records a killed run logged after the checkpoint a resume starts from:
         the resumed run logs those steps again, and every step must have one value."""
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
         if self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
             atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -26,6 +26,12 @@ from torch import nn
 from tinylm.tying import TieGuarded, tie
 
 
+def padded_vocab(vocab_size: int) -> int:
+    """The rows of a model's embedding/head matrix for a tokenizer of ``vocab_size`` tokens:
+    rounded up to a multiple of 64, so the head matmul gets aligned shapes."""
+    return 64 * math.ceil(vocab_size / 64)
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 8192  # the tokenizer's size (the model pads its matrix; see padded_vocab_size)
@@ -59,7 +65,7 @@ class GPTConfig:
         """Rows of the embedding/head matrix: ``vocab_size`` rounded up to a multiple of 64,
         so the head matmul gets aligned shapes (nanoGPT reports 50257 -> 50304 as a large win on GPUs).
         The extra rows start at zero, are never an input id and never a logit column."""
-        return 64 * math.ceil(self.vocab_size / 64)
+        return padded_vocab(self.vocab_size)
 
     @property
     def head_dim(self) -> int:

@@ -47,16 +47,6 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_mixed_precision(choice: str) -> str:
-    """"auto" without a model to measure: bf16 on GPUs that support it, else fp32 ("no");
-    the trainer measures on CPUs instead (:func:`choose_precision`)."""
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "no"
-
-
 def measure_precision(model_cfg, optim_cfg: OptimConfig, steps: int = 3) -> dict[str, float]:
     """Median ms per training step of a scratch copy of the run's model, fp32 vs bf16
     autocast, in interleaved rounds on random tokens (the speed does not depend on them)."""
@@ -87,8 +77,10 @@ def choose_precision(choice: str, model_cfg, optim_cfg: OptimConfig,
     autocast times a few steps of each on this very model in one process and takes the faster
     (which one wins depends on the CPU and the width: docs/performance.md). Several CPU
     processes can't agree on a measurement before their process group exists: fp32."""
-    if choice != "auto" or torch.cuda.is_available():
-        return resolve_mixed_precision(choice), "" if choice != "auto" else "auto: CUDA rule"
+    if choice != "auto":
+        return choice, ""
+    if torch.cuda.is_available():
+        return ("bf16" if torch.cuda.is_bf16_supported() else "no"), "auto: CUDA rule"
     if not _cpu_has_bf16():
         return "no", "auto: this CPU has no bf16 kernels"
     if num_processes > 1:
@@ -107,7 +99,9 @@ class LocalRuntime:
 
     def __init__(self, device: str | torch.device, mixed_precision: str, grad_accum: int = 1) -> None:
         self.device, self.grad_accum = torch.device(device), grad_accum
-        self.mixed_precision = resolve_mixed_precision(mixed_precision)
+        if mixed_precision not in ("no", "bf16", "fp16"):  # "auto": choose_precision first
+            raise ValueError(f"mixed_precision={mixed_precision!r}: expected no, bf16 or fp16")
+        self.mixed_precision = mixed_precision
 
     def autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mixed_precision)

@@ -108,7 +108,6 @@ class Trainer:
         """``clock`` (default ``time.time``, counted from the launch) is what a time budget
         is measured with; tests give a fake one."""
         self.hooks = hooks or TrainHooks()
-        self._clock = clock
         self.run_dir = Path(cfg.run_dir)
         self.accelerator = acc = self._make_accelerator(cfg)
         self.main = acc.is_main_process
@@ -285,10 +284,10 @@ class Trainer:
                     if self.launcher.launcher_gone():  # orphaned: no collective, just stop
                         raise RunDirError(f"the launcher (process {self.launcher.parent}) is "
                                           "gone; this rank stops instead of training on")
-                    b = self.budget  # one all-reduce: signal, budget used, used + reserve
-                    stop_any, used, needed = self._agree(
-                        float(stop.signum is not None), b.used(),
-                        b.used() + b.reserve(len(self.evaluator.loader)))
+                    b, used_here = self.budget, self.budget.used()
+                    stop_any, used, needed = self._agree(  # one all-reduce for all three
+                        float(stop.signum is not None), used_here,
+                        used_here + b.reserve(len(self.evaluator.loader)))
                     if stop_any:  # before drawing data, so a resume loses no batch
                         stop.signum = stop.signum or signal.SIGTERM
                         break
