@@ -45,7 +45,7 @@ def tok(ckpt: Path) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def model(tok: Tokenizer) -> GPT:
-    torch.manual_seed(0)
+    torch.manual_seed(1)  # (seed 0's greedy text happens to loop on 6 characters)
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32,
                     init_std=0.3)
     return GPT(cfg).eval()

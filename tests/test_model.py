@@ -167,3 +167,24 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keeps_the_tie():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7, msg=name)
     assert recompute.lm_head.weight is recompute.embed_tokens.weight
     assert recompute.lm_head.weight.grad is recompute.embed_tokens.weight.grad
+
+
+def test_meta_built_model_materializes_equal_to_an_eager_one_tie_intact():
+    """Large configs are built on meta and materialised (to_empty + init): the tie survives
+    to_empty (which gives each module its own copy: torchtitan #2252, accelerate #3668) and
+    the weights equal an eagerly built model's from the same seed."""
+    from tinylm.model import materialize
+    from tinylm.tying import check_ties
+
+    cfg = GPTConfig(vocab_size=100, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    torch.manual_seed(7)
+    eager = GPT(cfg)
+    with torch.device("meta"):
+        lazy = GPT(cfg)
+    assert lazy.lm_head.weight.is_meta and lazy.lm_head.weight is lazy.embed_tokens.weight
+    materialize(lazy, "cpu", seed=7)
+    check_ties(lazy)
+    assert lazy.lm_head.weight is lazy.embed_tokens.weight and not lazy.lm_head.weight.is_meta
+    assert lazy.state_dict().keys() == eager.state_dict().keys()
+    for name, t in eager.state_dict().items():
+        assert torch.equal(t, lazy.state_dict()[name]), name

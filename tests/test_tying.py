@@ -227,3 +227,23 @@ def test_tie_any_two_modules_and_shape_errors():
         tie(nn.Linear(4, 3), "nope", nn.Linear(4, 3), "weight")
     with pytest.raises(TieError, match="transform"):
         tie(nn.Linear(4, 3), "weight", nn.Linear(4, 3), "weight", transform="flip")
+
+
+@pytest.mark.parametrize("transform", ["same", "transpose"])
+def test_to_empty_from_meta_keeps_a_tie(transform):
+    """to_empty makes a new Parameter per module from one shared meta Parameter; the guard
+    joins them back into one, for either transform."""
+    from tinylm.tying import TieGuarded
+
+    class Pair(TieGuarded):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec = nn.Linear(4, 6, bias=False), nn.Linear(6 if transform == "transpose" else 4,
+                                                                        4 if transform == "transpose" else 6, bias=False)
+            tie(self.enc, "weight", self.dec, "weight", transform=transform)
+
+    with torch.device("meta"):
+        pair = Pair()
+    pair.to_empty(device="cpu")
+    check_ties(pair)
+    assert len(list(pair.parameters())) == 1 and not next(pair.parameters()).is_meta

@@ -272,16 +272,25 @@ class GPT(TieGuarded):
     """Decoder-only transformer; ``embed_tokens.weight`` is ``lm_head.weight`` when tied."""
 
     def __init__(self, config: GPTConfig) -> None:
+        """Built where ``torch.get_default_device()`` says. Under ``with torch.device("meta")``
+        nothing is allocated or initialised (see :func:`materialize`). Elsewhere the
+        submodules are made on meta first, so their own default inits draw no random numbers:
+        :meth:`reset_parameters` is the only consumer of the RNG, and an eager model and a
+        meta-built one materialised from the same seed are equal."""
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.padded_vocab_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.norm = RMSNorm(config.n_embd, config.norm_eps)
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        device = torch.get_default_device()
+        with torch.device("meta"):
+            self.embed_tokens = nn.Embedding(config.padded_vocab_size, config.n_embd)
+            self.drop = nn.Dropout(config.dropout)
+            self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+            self.norm = RMSNorm(config.n_embd, config.norm_eps)
+            self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             tie(self.embed_tokens, "weight", self.lm_head, "weight")
-        self.reset_parameters()
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -417,3 +426,16 @@ class GPT(TieGuarded):
             # every position see itself. Real tokens never attend to padding either way.
             mask = mask | (torch.arange(end, device=device)[None, :] == q_pos)
         return mask
+
+
+def materialize(model: GPT, device: str | torch.device, seed: int | None = None) -> GPT:
+    """Allocate a meta-built ``model`` on ``device`` and initialise it (from ``seed`` if
+    given), ties intact: ``to_empty`` keeps each Parameter object (the tie guard re-joins any
+    a conversion split and checks), and :meth:`GPT.reset_parameters` visits the tied matrix
+    once. Large models are built this way so that no full-size random init is ever made on
+    the wrong device, and a resume (whose weights come from the checkpoint) skips it."""
+    model.to_empty(device=device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model.reset_parameters()
+    return model

@@ -321,9 +321,18 @@ class TieGuarded(nn.Module):
         self.register_load_state_dict_post_hook(_guard_post_load)
 
     def _apply(self, fn, recurse: bool = True):
+        # A pair that was ONE Parameter before the conversion is one after it, whatever the
+        # values: ``to_empty`` from meta gives each module its own uninitialised copy (the
+        # torchtitan #2252 / accelerate #3668 untie), which must not be compared by value.
+        ties = [(m, n, spec) for m in self.modules() for n, spec in getattr(m, _TIES_ATTR, {}).items()]
+        intact = [spec.src_module._parameters.get(spec.src_name) is _dst_param(m, n, spec)
+                  for m, n, spec in ties]
         out = super()._apply(fn, recurse)
-        for m in self.modules():
-            for dst_name, spec in getattr(m, _TIES_ATTR, {}).items():
-                _reconcile(m, dst_name, spec)
+        for (m, dst_name, spec), was_one in zip(ties, intact):
+            s = spec.src_module._parameters.get(spec.src_name)
+            if was_one and s is not None and s is not _dst_param(m, dst_name, spec):
+                _set_dst_param(m, dst_name, spec, s)  # the source's converted copy serves both
+                spec.param = s
+            _reconcile(m, dst_name, spec)
         check_ties(self)
         return out
