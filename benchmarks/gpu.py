@@ -12,8 +12,9 @@ does not change the speed; nothing is downloaded):
   (compilation), peak GPU memory, MFU = tokens/s x flops_per_token / the card's dense bf16 peak
   (``tinylm.hardware``; an unknown card and every CPU get no MFU);
 - variants as ratios to base, in the same invocation: compile off, ``optim.adamw=foreach``
-  instead of fused, a batch twice the preset's, and activation checkpointing (peak memory
-  against step time);
+  instead of fused, a batch twice the preset's, activation checkpointing (peak memory
+  against step time), and ``parallel.strategy=fsdp2`` (one process: tinylm's own
+  fully_shard on a 1-GPU mesh; its cost over DDP's plain module, and its sync check);
 - generate: the base run's final checkpoint, batch 1 and 8, KV cache, tokens/s;
 - sync check: its ms (from the trainer's log lines) against the step time at the preset's
   ``sync_check.interval``.
@@ -121,7 +122,8 @@ def table(args, work: Path) -> list[dict]:
     variants = [("base", []), ("no compile", ["optim.compile=false"]),
                 ("foreach AdamW", ["optim.adamw=foreach"]),
                 (f"batch {2 * preset.optim.batch_size}", [f"optim.batch_size={2 * preset.optim.batch_size}"]),
-                ("activation checkpointing", ["model.activation_checkpointing=true"])]
+                ("activation checkpointing", ["model.activation_checkpointing=true"]),
+                ("fsdp2", ["parallel.strategy=fsdp2"])]
     if args.dry_run:  # compiling even a tiny model takes longer than the whole dry run
         variants = [v for v in variants if v[0] != "no compile"]
     runs = {name: launch(name.replace(" ", "-"), ov, args, work) for name, ov in variants}
@@ -139,11 +141,13 @@ def table(args, work: Path) -> list[dict]:
                      "ms/step": 1000 * batch / tok_s, "x base": None, "peak GiB": None,
                      "MFU": None, "note": "100 new tokens per row"})
     interval = preset.sync_check.interval
-    overhead = 100 * base["sync_ms"] / (interval * base["ms_step"]) if base["sync_ms"] else None
-    rows.append({"row": "sync check", "setting": f"every {interval} steps (preset)",
-                 "tokens/s": None, "ms/step": base["sync_ms"], "x base": None, "peak GiB": None,
-                 "MFU": None, "overhead_pct": overhead,
-                 "note": "overhead " + ("-" if overhead is None else f"{overhead:.4f}%")})
+    for name in ("base", "fsdp2"):
+        r = runs[name]
+        overhead = 100 * r["sync_ms"] / (interval * r["ms_step"]) if r["sync_ms"] else None
+        rows.append({"row": "sync check", "setting": f"{name}, every {interval} steps (preset)",
+                     "tokens/s": None, "ms/step": r["sync_ms"], "x base": None, "peak GiB": None,
+                     "MFU": None, "overhead_pct": overhead,
+                     "note": "overhead " + ("-" if overhead is None else f"{overhead:.4f}%")})
     return rows
 
 

@@ -131,12 +131,19 @@ def test_format_1_checkpoints_still_load(tmp_path):
 class _OneProcess:
     """What Checkpointer needs of an Accelerator, for one process (no process group)."""
 
-    is_main_process, num_processes, process_index = True, 1, 0
+    is_main_process, num_processes, process_index, scaler = True, 1, 0, None
 
-    def register_save_state_pre_hook(self, hook): pass
-    def register_load_state_pre_hook(self, hook): pass
+    def __init__(self):
+        from accelerate import PartialState
+        PartialState()  # accelerate's RNG saver logs through its state
+
     def wait_for_everyone(self): pass
-    def save_state(self, path): __import__("os").makedirs(path, exist_ok=True)
+
+
+def trained():
+    """(model, [optimizer]) as the trainer hands them to Checkpointer.save."""
+    model = gpt()
+    return model, [torch.optim.AdamW(model.parameters())]
 
 
 def saved_run(tmp_path, steps=(1, 2), keep_last=2):
@@ -144,7 +151,7 @@ def saved_run(tmp_path, steps=(1, 2), keep_last=2):
     tok.write_text("{}")
     saver = ckpt.Checkpointer(tmp_path / "run", _OneProcess(), interval=1, keep_last=keep_last)
     for step in steps:
-        saver.save(step, gpt(), {}, tok, {"step": step, "data": {}}, {})
+        saver.save(step, *trained(), {}, tok, {"step": step, "data": {}}, {})
     return saver
 
 
@@ -162,7 +169,7 @@ def test_a_kill_while_re_saving_a_step_never_loses_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(atomic.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
-        saver.save(2, gpt(), {}, tmp_path / "tokenizer.json", {"step": 2, "data": {}}, {})
+        saver.save(2, *trained(), {}, tmp_path / "tokenizer.json", {"step": 2, "data": {}}, {})
     monkeypatch.setattr(atomic.os, "replace", real)
     assert not (saver.root / "step-2").exists() and (saver.root / ".step-2.old").exists()
     again = ckpt.Checkpointer(tmp_path / "run", _OneProcess(), interval=1, keep_last=2)
@@ -182,7 +189,7 @@ def test_a_kill_while_pruning_leaves_no_half_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shutil, "rmtree", rmtree)
     with pytest.raises(KeyboardInterrupt):
-        saver.save(2, gpt(), {}, tmp_path / "tokenizer.json", {"step": 2, "data": {}}, {})
+        saver.save(2, *trained(), {}, tmp_path / "tokenizer.json", {"step": 2, "data": {}}, {})
     # step-1 was renamed away before its deletion began: what is left is not a checkpoint
     assert ckpt.step_dirs(saver.root) == [(2, saver.root / "step-2")]
 

@@ -203,15 +203,23 @@ def test_non_finite_weights_are_never_saved(tmp_path, corpus):
     assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").iterdir())] == ["step-5"]
 
 
-@pytest.mark.parametrize("key, value", [("optim.batch_size", 4), ("optim.grad_accum", 2),
-                                        ("data.source", "python-docs")])
-def test_a_resume_that_is_not_the_same_run_is_refused(tmp_path, corpus, key, value):
+@pytest.mark.parametrize("overrides, refused", [
+    ({"optim.batch_size": 4}, r"global batch=4: the checkpoint was trained with global batch=8 "
+                              r"\(1 process\(es\) x batch_size 8 x grad_accum 1\)"),
+    ({"optim.grad_accum": 2}, r"global batch=16: the checkpoint was trained with global batch=8"),
+    ({"data.source": "python-docs"}, r"data.source=python-docs: the checkpoint was trained with "
+                                     r"data.source=")])
+def test_a_resume_that_is_not_the_same_run_is_refused(tmp_path, corpus, overrides, refused):
+    """Another global batch or corpus is another run; the same global batch split otherwise
+    (batch 4 x accumulation 2 for 8 x 1) is the same data per step, and resumes."""
     run(tmp_path, corpus, **{"optim.max_steps": 5})
     AcceleratorState._reset_state(reset_partial_state=True)
     step5 = tmp_path / "run" / "checkpoints" / "step-5"
-    with pytest.raises(ckpt.CheckpointError, match=f"cannot resume with {key}={value}: the "
-                                                   f"checkpoint was trained with {key}="):
-        run(tmp_path, corpus, **{"optim.max_steps": 10, "checkpoint.resume": step5, key: value})
+    with pytest.raises(ckpt.CheckpointError, match=f"cannot resume with {refused}"):
+        run(tmp_path, corpus, **{"optim.max_steps": 10, "checkpoint.resume": step5, **overrides})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    run(tmp_path, corpus, **{"optim.max_steps": 10, "checkpoint.resume": step5,
+                             "optim.batch_size": 4, "optim.grad_accum": 2})
 
 
 def test_a_missing_rng_file_is_refused(tmp_path, corpus):

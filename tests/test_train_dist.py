@@ -95,14 +95,17 @@ def test_two_process_resume_equals_uninterrupted(tmp_path, corpus):
     assert finished(a, out_a, res_a), failure_excerpt(out_a)
     b1, out_b1, res = launch(tmp_path / "b", corpus, "--stop-step", "10", **{"optim.max_steps": 20})
     assert [r.get("stopped_by") for r in res] == ["SIGTERM", "SIGTERM"], out_b1[-2000:]
-    # resuming a 2-process run with 1 process is refused, one line, nothing written
+    # resuming a 2-process run with 1 process and another global batch is refused, one
+    # line, nothing written (with the same global batch it resumes: test_parallel.py)
     one = subprocess.run([sys.executable, str(TRAIN), "configs/tiny.yaml", *tiny_overrides(
         tmp_path / "b", corpus, **{"optim.max_steps": 20, "checkpoint.resume": "auto"})],
         capture_output=True, text=True, env=env(tmp_path), cwd=REPO, timeout=300)
     assert one.returncode == 2 and one.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'b' / 'run' / 'checkpoints' / 'step-10'}: cannot resume with "
-        "processes=1: the checkpoint was trained with processes=2; resume with the same "
-        "processes, or start a new run_dir with checkpoint.init_from to keep the weights only"]
+        "global batch=8: the checkpoint was trained with global batch=16 (2 process(es) x "
+        "batch_size 8 x grad_accum 1); choose optim.batch_size and grad_accum so that 1 "
+        "process(es) x batch_size x grad_accum = 16, or start a new run_dir with "
+        "checkpoint.init_from to keep the weights only"]
     b2, out_b2, res = launch(tmp_path / "b", corpus, **{"optim.max_steps": 20, "checkpoint.resume": "auto"})
     assert finished(b2, out_b2, res) and "resumed from" in out_b2 and res[0]["step"] == 20, \
         failure_excerpt(out_b2)

@@ -7,7 +7,8 @@ A checkpoint is a directory::
       config.json          format, model config, the tie groups, the training config, step
       tokenizer.json       so evaluate/generate need nothing else
       trainer_state.json   TrainState: step, tokens, data position, tracker id (resume only)
-      state/               accelerate's optimizer and RNG of every process (resume only)
+      state/               optimizer.safetensors (full, by parameter name: any strategy or
+                           process count resumes it) and each process's RNG (resume only)
 
 safetensors refuses tensors that share memory, and rightly: a file cannot say "these two are
 one". So we drop the aliases on save, record the groups in the header and in config.json, and
@@ -65,17 +66,21 @@ def _canonical(group: list[str]) -> str:
     return sorted(plain or group, key=lambda n: ("lm_head" in n, n))[0]
 
 
-def weights_for_saving(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
-    """Unique tensors by name (aliases of a tie group dropped) and the groups themselves."""
+def weights_for_saving(model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None
+                       ) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
+    """Unique tensors by name (aliases of a tie group dropped) and the groups themselves;
+    ``state`` is the model's state dict unless given (a sharded model's gathered one)."""
     groups = tied_groups(model)
     aliases = {n for g in groups for n in g if n != _canonical(g)}
-    tensors = {n: t.detach().contiguous() for n, t in model.state_dict().items() if n not in aliases}
+    state = model.state_dict() if state is None else state
+    tensors = {n: t.detach().contiguous() for n, t in state.items() if n not in aliases}
     return tensors, groups
 
 
-def save_model(model: torch.nn.Module, path: str | Path) -> None:
+def save_model(model: torch.nn.Module, path: str | Path,
+               state: dict[str, torch.Tensor] | None = None) -> None:
     """Write model.safetensors: unique tensors, tie groups in the header (atomic)."""
-    tensors, groups = weights_for_saving(model)
+    tensors, groups = weights_for_saving(model, state)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "tinylm_ties": json.dumps(groups)})
 
@@ -197,10 +202,11 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[GP
 
 def write_checkpoint(ckpt_dir: str | Path, model: GPT, train_config: dict,
                      tokenizer_path: str | Path, trainer_state: dict | None = None,
-                     extra: dict | None = None) -> None:
-    """Model, config and tokenizer (and trainer state) into an existing directory."""
+                     extra: dict | None = None, state: dict | None = None) -> None:
+    """Model, config and tokenizer (and trainer state) into an existing directory; ``state``:
+    the full state dict, when the model holds shards."""
     ckpt_dir = Path(ckpt_dir)
-    save_model(model, ckpt_dir / MODEL_FILE)
+    save_model(model, ckpt_dir / MODEL_FILE, state)
     config = {"format": CHECKPOINT_FORMAT, "model": model.config.to_dict(),
               "ties": tied_groups(model), "train": train_config, **(extra or {})}
     atomic_write(ckpt_dir / CONFIG_FILE, json.dumps(config, indent=2))
@@ -334,9 +340,11 @@ def init_model_config(path: str | Path, vocab_size: int | None = None) -> GPTCon
 class Checkpointer:
     """Saves and restores a training run under ``<run_dir>/checkpoints`` and decides when.
 
-    ``save`` is collective (every process calls it): accelerate writes the optimizer and every
-    process's RNG into the temp dir, the main process adds the model, config, tokenizer and
-    trainer state, then renames the whole into ``step-<N>`` and prunes to ``keep_last``.
+    ``save`` is collective (every process calls it): whole weights and optimizer state are
+    gathered (from shards, under FSDP2), every process writes its RNG into the temp dir, the
+    main process adds the model, optimizer, config, tokenizer and trainer state, then renames
+    the whole into ``step-<N>`` and prunes to ``keep_last``. A restore is two halves: the
+    weights before the model is wrapped, the optimizer and RNG after (``tinylm.resume_state``).
     """
 
     def __init__(self, run_dir: Path, accelerator, interval: int, keep_last: int) -> None:
@@ -345,9 +353,6 @@ class Checkpointer:
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
             self._recover()
-        # Our model.safetensors holds the weights (ties stored once); accelerate keeps the rest.
-        accelerator.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
-        accelerator.register_load_state_pre_hook(lambda models, inp: models.clear())
 
     def _recover(self) -> None:
         """Finish what a killed save left: a step-N renamed away (.step-N.old) whose new copy
@@ -367,22 +372,31 @@ class Checkpointer:
     def latest(self) -> Path | None:
         return latest_checkpoint(self.root)
 
-    def save(self, step: int, model: GPT, train_config: dict, tokenizer_path: Path,
-             trainer_state: dict, extra: dict) -> Path:
-        """Collective. A failure on the main process (a full disk) removes the temp dir and
-        raises CheckpointError on every process; earlier checkpoints are untouched."""
+    def save(self, step: int, model: torch.nn.Module, optimizers: list, train_config: dict,
+             tokenizer_path: Path, trainer_state: dict, extra: dict) -> Path:
+        """Collective: ``model`` is the prepared one (DDP, FSDP2 or plain); whole tensors are
+        gathered from its shards, so every strategy writes the same files. A failure on the
+        main process (a full disk) removes the temp dir and raises CheckpointError on every
+        process; earlier checkpoints are untouched."""
+        from tinylm.parallel import full_state_dict, unwrap
+        from tinylm.resume_state import OPTIMIZER_FILE, optimizer_state, save_rng, write_optimizer
+
         acc, final = self.accelerator, self.root / f"step-{step}"
         tmp = self.root / f".step-{step}.tmp"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            (tmp / STATE_DIR).mkdir(parents=True)
+        weights = full_state_dict(model)  # collective under FSDP2, like the next one
+        optim = optimizer_state(model, optimizers)
         acc.wait_for_everyone()
         error = [None]
         try:
-            acc.save_state(str(tmp / STATE_DIR))  # optimizer, RNG of every process
+            save_rng(tmp / STATE_DIR, acc)  # every process its own
+            acc.wait_for_everyone()
             if acc.is_main_process:
-                write_checkpoint(tmp, model, train_config, tokenizer_path, trainer_state,
-                                 {"step": step, **extra})
+                write_optimizer(optim, tmp / STATE_DIR / OPTIMIZER_FILE)
+                write_checkpoint(tmp, unwrap(model), train_config, tokenizer_path, trainer_state,
+                                 {"step": step, **extra}, state=weights)
                 publish_dir(tmp, final)
                 self._prune()
         except OSError as e:
@@ -407,18 +421,34 @@ class Checkpointer:
                 os.replace(old, doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
 
-    def restore(self, ckpt: Path, model: GPT) -> dict:
-        """Weights into ``model``, optimizer and RNG through accelerate; returns the trainer
-        state saved with them. This process's RNG file must be there and readable (accelerate
-        would skip it with an INFO line and resume with other random numbers)."""
+    def restore_weights(self, ckpt: Path, model: GPT, same_processes: bool) -> None:
+        """Weights into the unwrapped ``model`` (before DDP or FSDP2 wraps it: any strategy
+        reads the same full tensors). With the same process count, this process's RNG file
+        must be there and readable (accelerate would skip it with an INFO line and resume
+        with other random numbers); checked first, before anything is loaded."""
         from accelerate.utils import load
 
-        rng = ckpt / STATE_DIR / f"random_states_{self.accelerator.process_index}.pkl"
+        from tinylm.resume_state import rng_file
+
+        rng = rng_file(ckpt / STATE_DIR, self.accelerator.process_index)
+        if same_processes:
+            try:
+                load(rng)
+            except Exception as e:  # noqa: BLE001 - any failure to read it means the same
+                raise CheckpointError(f"{rng}: missing or unreadable ({type(e).__name__}); this "
+                                      "process's random state cannot be restored") from None
+        load_weights(model, ckpt / MODEL_FILE, assign=model.embed_tokens.weight.is_meta)
+
+    def restore_state(self, ckpt: Path, model: torch.nn.Module, optimizers: list,
+                      same_processes: bool) -> dict:
+        """Optimizer state (resharded into this run's layout) and RNG into the prepared run;
+        returns the trainer state saved with them."""
+        from tinylm.resume_state import StateFileError, load_optimizer, load_rng
+
         try:
-            load(rng)
-        except Exception as e:  # noqa: BLE001 - any failure to read it means the same
-            raise CheckpointError(f"{rng}: missing or unreadable ({type(e).__name__}); this "
-                                  "process's random state cannot be restored") from None
-        load_weights(model, ckpt / MODEL_FILE)
-        self.accelerator.load_state(str(ckpt / STATE_DIR))
+            load_optimizer(model, optimizers, ckpt / STATE_DIR)
+        except StateFileError as e:
+            raise CheckpointError(str(e)) from None
+        if same_processes:
+            load_rng(ckpt / STATE_DIR, self.accelerator)
         return read_trainer_state(ckpt)

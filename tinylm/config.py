@@ -26,6 +26,7 @@ from tinylm.atomic import atomic_write
 from tinylm.data import DataConfig
 from tinylm.distill import DistillConfig
 from tinylm.model import GPTConfig
+from tinylm.parallel import ParallelConfig
 
 DEFAULT_PRESET = "default"
 
@@ -148,6 +149,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     sync_check: SyncCheckConfig = field(default_factory=SyncCheckConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # ddp or fsdp2 (tinylm/parallel.py)
     distill: DistillConfig = field(default_factory=DistillConfig)  # off unless distill.teacher is set
 
     def __post_init__(self) -> None:
@@ -245,7 +247,7 @@ def _validated(cfg: DictConfig) -> TrainConfig:
     except (ValueError, OmegaConfBaseException) as e:
         msg = str(e).splitlines()[0]
         section = next((k for k in ("model", "data", "optim", "eval", "checkpoint", "log",
-                                    "sync_check", "distill") if _fails(cfg, k)), None)
+                                    "sync_check", "distill", "parallel") if _fails(cfg, k)), None)
         if section and not msg.startswith(f"{section}."):
             msg = f"{section}.{msg}"  # GPTConfig's messages are the model section's
         raise ConfigError(msg.lstrip(".")) from None

@@ -143,6 +143,8 @@ def train_step(model: torch.nn.Module,
     assert runtime.sync_gradients, "grad_accum micro-steps must end on a sync step"
     # Gradients are all-reduced now; nothing has been applied yet.
     grad_norm = runtime.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor, the same on every rank
+        grad_norm = grad_norm.full_tensor()
     stats = StepStats(loss_sum / cfg.grad_accum, grad_norm, lr_at(step, cfg, progress),
                       None if kl_sum is None else kl_sum / cfg.grad_accum)
     if before_update is not None:

@@ -35,8 +35,10 @@ from tinylm.distill import load_teacher
 from tinylm.evaluate import EvalResult, Evaluator
 from tinylm.hardware import mfu
 from tinylm.metrics import RunLogger, plot_losses
-from tinylm.model import GPT
+from tinylm.model import GPT, materialize
 from tinylm.optim import build_optimizers
+from tinylm.parallel import (ParallelError, accelerate_wraps, check_grouping, describe,
+                             device_mesh, ensure_process_group, make_plugin, shard)
 from tinylm.rundir import LauncherWatch, RunDirError, RunDirLock, require_writable
 from tinylm.step import StepStats, TrainingDiverged, choose_precision, train_step
 from tinylm.sync_check import SyncChecker, check_tied_sync
@@ -113,6 +115,16 @@ class Trainer:
         self.main = acc.is_main_process
         self.lock = self._claim_run_dir()  # before anything is written there
         self.launcher = LauncherWatch()
+        try:
+            self._build(cfg, clock)
+        except BaseException:  # a refused resume, bad data...: the run dir is free again
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _build(self, cfg: TrainConfig, clock: Callable[[], float] | None) -> None:
+        """Data, model, optimizer, resume, logger: everything after the run dir is claimed."""
+        acc = self.accelerator
         set_seed(cfg.seed)
         # -- data: the main process prepares (tokenizer, token files) while the others wait
         self.data = prepare(cfg.data, accelerator=acc)
@@ -128,23 +140,29 @@ class Trainer:
         eval_loader = acc.prepare(DataLoader(EvalBlocks(self.data.val_path, T, dtype=self.data.dtype),
                                              batch_size=cfg.eval.batch_size, shuffle=False))
         self.evaluator = Evaluator(eval_loader, cfg.eval, self.meta, acc)
-        # -- model and optimizer: one module instance for training and evaluation
-        self.raw_model = GPT(model_cfg)
-        optimizers = build_optimizers(self.raw_model, o)
+        # -- model and optimizer: one module instance for training and evaluation. Built on
+        # meta: a resume's weights come from the checkpoint, with no random init before them.
+        with torch.device("meta"):
+            self.raw_model = GPT(model_cfg)
         self.checkpointer = Checkpointer(self.run_dir, acc, cfg.checkpoint.interval,
                                          cfg.checkpoint.keep_last)
         resume_from = resolve_resume(cfg.checkpoint.resume, self.checkpointer.root)
-        if resume_from is None and cfg.checkpoint.init_from:  # resuming wins over init_from
-            self.print(init_from(self.raw_model, cfg.checkpoint.init_from,
-                                 self.data.tokenizer_path).summary())
+        same_processes = True
+        if resume_from is not None:
+            same_processes = self._require_same_run(resume_from)
+            self.checkpointer.restore_weights(resume_from, self.raw_model, same_processes)
+        else:
+            materialize(self.raw_model, "cpu")  # from the RNG as set_seed left it
+            if cfg.checkpoint.init_from:  # resuming wins over init_from
+                self.print(init_from(self.raw_model, cfg.checkpoint.init_from,
+                                     self.data.tokenizer_path).summary())
         self.teacher = self._load_teacher()
-        self.model, *self.optimizers = acc.prepare(self.raw_model, *optimizers)
-        check_ties(self.model)  # wrapping (DDP, compile) must keep the tie, or we stop here
+        self.model, self.optimizers = self._wrap(self.raw_model)
+        self.print(f"parallel: {describe(self.model, cfg.parallel.strategy, acc.num_processes)}")
         self.state = TrainState()
         if resume_from is not None:
-            self._require_same_run(resume_from)
-            self.state.load_state_dict(self.checkpointer.restore(resume_from, self.raw_model),
-                                       self.tokens_per_step)
+            self.state.load_state_dict(self.checkpointer.restore_state(
+                resume_from, self.model, self.optimizers, same_processes), self.tokens_per_step)
             self.batches.load_state_dict(self.state.data)
             self.print(f"resumed from {resume_from} at step {self.state.step}")
         if self.main:
@@ -182,26 +200,39 @@ class Trainer:
             raise RunDirError(error[0])
         return lock
 
-    def _require_same_run(self, ckpt: Path) -> None:
+    def _require_same_run(self, ckpt: Path) -> bool:
         """A resume continues the run it says it continues, or says why not, in one line.
-        Refused: another process count, batch size, accumulation or block size (the data
-        order and the tokens per step depend on them; an elastic resume would be a different
-        run) and another data.source."""
+        Each optimizer step must see the same blocks of the same data: refused are another
+        block size or data.source, and another global batch (processes x batch_size x
+        grad_accum sequences per step). Within one global batch the process count may change
+        (N to M: weights, optimizer state, step and data position carry over; a resume
+        under another parallel.strategy too). Returns whether the process count is the same
+        (the RNG files are per process)."""
         saved, data_pos = read_config(ckpt).get("train", {}), read_trainer_state(ckpt)["data"]
-        o = self.cfg.optim
-        now = {"processes": self.accelerator.num_processes, "optim.batch_size": o.batch_size,
-               "optim.grad_accum": o.grad_accum, "model.block_size": self.cfg.model.block_size,
-               "data.source": self.cfg.data.source}
-        before = {"processes": data_pos.get("world_size"), "optim.batch_size": data_pos.get("batch_size"),
-                  "optim.grad_accum": saved.get("optim", {}).get("grad_accum", o.grad_accum),
-                  "model.block_size": data_pos.get("block_size"),
-                  "data.source": saved.get("data", {}).get("source", self.cfg.data.source)}
+        o, acc = self.cfg.optim, self.accelerator
+        accum_before = saved.get("optim", {}).get("grad_accum", o.grad_accum)
+        procs_before = data_pos.get("world_size")
+        now = {"model.block_size": self.cfg.model.block_size, "data.source": self.cfg.data.source,
+               "global batch": acc.num_processes * o.batch_size * o.grad_accum}
+        before = {"model.block_size": data_pos.get("block_size"),
+                  "data.source": saved.get("data", {}).get("source", self.cfg.data.source),
+                  "global batch": procs_before * data_pos.get("batch_size") * accum_before}
         for key, value in now.items():
             if before[key] != value:
                 raise CheckpointError(
                     f"{ckpt}: cannot resume with {key}={value}: the checkpoint was trained with "
-                    f"{key}={before[key]}; resume with the same {key}, or start a new run_dir "
-                    "with checkpoint.init_from to keep the weights only")
+                    f"{key}={before[key]}" + (
+                        f" ({procs_before} process(es) x batch_size {data_pos.get('batch_size')} x "
+                        f"grad_accum {accum_before}); choose optim.batch_size and grad_accum so "
+                        f"that {acc.num_processes} process(es) x batch_size x grad_accum = "
+                        f"{before[key]}"
+                        if key == "global batch" else f"; resume with the same {key}") +
+                    ", or start a new run_dir with checkpoint.init_from to keep the weights only")
+        if procs_before != acc.num_processes:
+            self.print(f"resuming a {procs_before}-process run with {acc.num_processes}: same "
+                       "global batch, so the same data per step; the random states are per "
+                       "process and are not restored (only dropout draws from them)")
+        return procs_before == acc.num_processes
 
     @staticmethod
     def _make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -215,17 +246,62 @@ class Trainer:
             # Without CUDA, say so: a MULTI_GPU launch config with use_cpu then really gives N
             # gloo ranks instead of N independent single-process runs (environment notes).
             cpu=not torch.cuda.is_available(),
+            fsdp_plugin=make_plugin(cfg.parallel, world),
             gradient_accumulation_steps=cfg.optim.grad_accum,
             mixed_precision=precision,
             log_with="wandb" if cfg.log.wandb != "disabled" else None,
             project_dir=str(cfg.run_dir),
             dynamo_backend="inductor" if cfg.optim.compile else "no",
         )
+        strategy = Trainer._strategy(cfg, acc)
         threads = f", {torch.get_num_threads()} thread(s) each" if acc.device.type == "cpu" else ""
-        acc.print(f"tinylm: {acc.num_processes} process(es) ({acc.distributed_type.value}), "
-                  f"device {acc.device}{threads}, mixed precision {acc.mixed_precision}"
-                  f"{f' ({why})' if why else ''}")
+        acc.print(f"tinylm: {acc.num_processes} process(es), {strategy}, device {acc.device}"
+                  f"{threads}, mixed precision {acc.mixed_precision}{f' ({why})' if why else ''}")
         return acc
+
+    @staticmethod
+    def _strategy(cfg: TrainConfig, acc: Accelerator) -> str:
+        """What will really run, for the first log line, or a ParallelError: asking for one
+        strategy and getting another is never silent (an FSDP accelerate config with
+        parallel.strategy=ddp, or an fsdp2 run that accelerate would not shard)."""
+        from accelerate.utils import DistributedType
+
+        p, fsdp = cfg.parallel, acc.distributed_type == DistributedType.FSDP
+        if p.strategy == "ddp":
+            if fsdp:
+                raise ParallelError("the accelerate launch config asks for FSDP but "
+                                    "parallel.strategy=ddp; set parallel.strategy=fsdp2, or "
+                                    "launch without the FSDP config")
+            return (f"strategy ddp ({acc.distributed_type.value})" if acc.num_processes > 1
+                    else "strategy ddp (single process: nothing to replicate)")
+        if accelerate_wraps(p, acc.num_processes):
+            if not fsdp or getattr(acc.state.fsdp_plugin, "fsdp_version", 1) != 2:
+                raise ParallelError(f"parallel.strategy=fsdp2 but accelerate set up "
+                                    f"{acc.distributed_type.value}, not FSDP2")
+            return "strategy fsdp2 (accelerate's FSDP plugin, one group per block + root)"
+        return (f"strategy fsdp2 (tinylm's fully_shard on a {acc.device.type} mesh, "
+                f"dp_replicate={p.dp_replicate})")
+
+    def _wrap(self, raw: GPT) -> tuple[torch.nn.Module, list]:
+        """(model, optimizers) ready to train. DDP, and FSDP2 on several GPUs, go through
+        accelerate; other FSDP2 runs (CPU, where accelerate would silently give DDP, and one
+        process) are sharded here. Optimizers are built on the parameters the model trains
+        (FSDP2 replaces them by sharded DTensors). Every path ends with the tie checked."""
+        acc, p, o = self.accelerator, self.cfg.parallel, self.cfg.optim
+        if p.strategy == "ddp" or accelerate_wraps(p, acc.num_processes):
+            model, *optimizers = acc.prepare(raw, *build_optimizers(raw, o))
+            if p.strategy == "fsdp2":
+                check_grouping(model)
+            check_ties(model)  # wrapping (DDP, compile) must keep the tie, or we stop here
+            return model, optimizers
+        ensure_process_group(acc.device)
+        raw.to(acc.device)
+        if o.compile:  # per block, before sharding (torchtitan's order)
+            for layer in raw.layers:
+                layer.compile()
+        shard(raw, device_mesh(acc.device, p), p)
+        optimizers = acc.prepare(*build_optimizers(raw, o))
+        return raw, list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
 
     def _load_teacher(self) -> GPT | None:
         """Frozen, eval mode, never prepared: no DDP wrapper, no optimizer state."""
@@ -360,17 +436,20 @@ class Trainer:
         return result
 
     def _save(self) -> Path:
-        bad = [n for n, p in self.raw_model.named_parameters() if not torch.isfinite(p).all()]
-        if bad:  # every process holds the same weights, so every process stops here
+        bad = [n for n, p in self.raw_model.named_parameters()
+               if not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()]
+        if self._any_process(bool(bad)):  # shards differ by rank: all stop if any is bad
             raise TrainingDiverged(
-                f"weights are not finite at step {self.state.step} ({bad[0]}{' ...' if len(bad) > 1 else ''}); "
+                f"weights are not finite at step {self.state.step} "
+                f"({(bad[0] + (' ...' if len(bad) > 1 else '')) if bad else 'on another process'}); "
                 f"not saved. Last good checkpoint: {self.checkpointer.latest() or 'none'}")
         self.state.data = self.batches.state_dict()
         if self.budget.seconds:
             self.state.budget_used_s = self.budget.used()
         t0 = time.perf_counter()
         path = self.checkpointer.save(
-            self.state.step, self.raw_model, config_to_dict(self.cfg), self.data.tokenizer_path,
+            self.state.step, self.model, self.optimizers, config_to_dict(self.cfg),
+            self.data.tokenizer_path,
             self.state.state_dict(),
             {"data_dir": str(Path(self.data.dir).resolve()), "val_tokens": self.meta["val_tokens"],
              "val_bytes": self.meta["val_bytes"]})

@@ -1,9 +1,11 @@
 """Run the real training loop under `accelerate launch`, with a fault or a stop injected.
 
-    train_with_hooks.py [--fault-rank R --fault-step N] [--stop-step N] CONFIG [key=value ...]
+    train_with_hooks.py [--fault-rank R --fault-step N [--fault-kind K]] [--stop-step N]
+                        CONFIG [key=value ...]
 
---fault-*: after the gradients are all-reduced at step N, rank R perturbs its tied gradient by
-one ulp-scale amount, as a rank-local bug would; the sync check must catch it.
+--fault-*: after the gradients are reduced at step N, rank R perturbs its tied gradient (its
+shard of it, under FSDP2) by a tiny amount (K=perturb), as a rank-local bug would, or drops
+it (K=drop: its rows would never be updated, pytorch #176076); the sync check must catch it.
 --stop-step: every rank sends itself SIGTERM after step N (a preemption).
 Prints "RESULT <json>" on each rank: the summary, or the error's type and message.
 """
@@ -31,6 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--fault-rank", type=int, default=-1)
     p.add_argument("--fault-step", type=int, default=-1)
+    p.add_argument("--fault-kind", choices=["perturb", "drop"], default="perturb")
     p.add_argument("--stop-step", type=int, default=-1)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
@@ -39,8 +42,11 @@ def main() -> None:
 
     def after_backward(model, step):
         if rank == args.fault_rank and step == args.fault_step:
-            grad = model.module.embed_tokens.weight.grad if hasattr(model, "module") else \
-                model.embed_tokens.weight.grad
+            weight = (model.module if hasattr(model, "module") else model).embed_tokens.weight
+            if args.fault_kind == "drop":
+                weight.grad = None
+                return
+            grad = weight.grad.to_local() if hasattr(weight.grad, "to_local") else weight.grad
             with torch.no_grad():
                 grad[0, 0] += 1e-6
 

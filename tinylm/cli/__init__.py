@@ -43,6 +43,7 @@ def _errors() -> list[tuple[tuple[type, ...], int, bool]]:
     from tinylm.config import ConfigError
     from tinylm.corpus import DataError
     from tinylm.distill import TokenizerMismatchError
+    from tinylm.parallel import ParallelError
     from tinylm.rundir import RunDirError
     from tinylm.step import TrainingDiverged
     from tinylm.sync_check import TiedSyncError
@@ -50,7 +51,7 @@ def _errors() -> list[tuple[tuple[type, ...], int, bool]]:
 
     return [((TrainingDiverged, TiedSyncError, TieError), 1, True),
             ((ConfigError, DataError, CheckpointError, TokenizerMismatchError, RunDirError,
-              ValueError, OSError), 2, False)]
+              ParallelError, ValueError, OSError), 2, False)]
 
 
 def error_exit(e: BaseException, show: bool = True) -> int | None:

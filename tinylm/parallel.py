@@ -1,0 +1,181 @@
+"""Data parallelism without breaking the tie: DDP (each process a full replica) or FSDP2.
+
+FSDP2 (``torch.distributed.fsdp.fully_shard``) shards every parameter's rows across the
+processes and gathers a group's parameters just before the group runs. A tie survives only if
+its two uses are in ONE group: since torch 2.13 a Parameter managed by two groups raises
+"shared with a parameter already managed by another FSDP group", and before that it silently
+never updated part of the last rank's rows (pytorch #176076). So, as torchtitan does, the
+groups are: each transformer block, and the root, which keeps everything else, i.e.
+``embed_tokens`` (= ``lm_head``) and the final norm. :func:`check_grouping` proves it after
+wrapping, whoever wrapped.
+
+Who wraps:
+- on CUDA with several processes, accelerate, through ``FullyShardedDataParallelPlugin``
+  (fsdp_version=2, one group per :class:`~tinylm.model.Block`), which :func:`make_plugin`
+  builds, so the same launch command works with or without an FSDP accelerate config;
+- everywhere else (CPU, where accelerate ignores its FSDP plugin and silently gives DDP, and
+  one process) :func:`shard` applies ``fully_shard`` itself on an explicit device mesh.
+Asking for fsdp2 and getting anything else is a :class:`ParallelError`, never a fallback.
+
+``dp_replicate`` > 1 is HSDP: the processes form ``dp_replicate`` replica groups, each sharding
+the model ``processes / dp_replicate`` ways (a 2-D mesh: replicate x shard).
+
+The model stays parallelism-free (torchtitan's rule): everything here acts on it from outside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tinylm.tying import check_ties, tied_groups
+
+STRATEGIES = ("ddp", "fsdp2")
+
+
+class ParallelError(RuntimeError):
+    """The requested parallelism cannot run as asked (never silently replaced by another)."""
+
+
+@dataclass
+class ParallelConfig:
+    strategy: str = "ddp"  # "ddp": each process a full replica; "fsdp2": each process a shard
+    dp_replicate: int = 1  # fsdp2 only: replica groups (HSDP); 1 = shard across all processes
+    reshard_after_forward: bool = True  # fsdp2: free gathered weights after forward (ZeRO-3 memory)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"parallel.strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if self.dp_replicate < 1:
+            raise ValueError(f"parallel.dp_replicate={self.dp_replicate}: expected >= 1")
+
+
+def accelerate_wraps(cfg: ParallelConfig, num_processes: int) -> bool:
+    """Whether accelerate applies FSDP2 (CUDA, several processes) rather than :func:`shard`."""
+    return cfg.strategy == "fsdp2" and torch.cuda.is_available() and num_processes > 1
+
+
+def make_plugin(cfg: ParallelConfig, num_processes: int):
+    """accelerate's FSDP2 plugin for :func:`accelerate_wraps` runs, else None. Full state dicts
+    (tinylm saves its own model.safetensors); no RAM-efficient loading, whose meta-device
+    path unties (accelerate #3668)."""
+    if not accelerate_wraps(cfg, num_processes):
+        return None
+    if cfg.dp_replicate > 1:
+        raise ParallelError("parallel.dp_replicate > 1 (HSDP) is applied by tinylm's own "
+                            "sharding only; on several GPUs use dp_replicate=1")
+    from accelerate import FullyShardedDataParallelPlugin
+
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+        transformer_cls_names_to_wrap=["Block"], reshard_after_forward=cfg.reshard_after_forward,
+        state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False)
+
+
+def ensure_process_group(device: torch.device) -> None:
+    """FSDP2 needs a process group even for one process; accelerate makes none then."""
+    if not dist.is_initialized():
+        store = dist.HashStore()
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store,
+                                rank=0, world_size=1)
+
+
+def device_mesh(device: torch.device, cfg: ParallelConfig):
+    """1-D (shard) mesh over all processes, or 2-D (replicate, shard) for HSDP."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = dist.get_world_size()
+    if world % cfg.dp_replicate:
+        raise ParallelError(f"parallel.dp_replicate={cfg.dp_replicate} does not divide the "
+                            f"{world} processes")
+    if cfg.dp_replicate == 1:
+        return init_device_mesh(device.type, (world,), mesh_dim_names=("shard",))
+    return init_device_mesh(device.type, (cfg.dp_replicate, world // cfg.dp_replicate),
+                            mesh_dim_names=("replicate", "shard"))
+
+
+def shard(model: nn.Module, mesh, cfg: ParallelConfig) -> nn.Module:
+    """Apply FSDP2 in place: one group per block, then the root (embedding = head, norm)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=cfg.reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=cfg.reshard_after_forward)
+    check_grouping(model)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under DDP's ``module`` and torch.compile's ``_orig_mod`` (FSDP2 wraps in place)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(unwrap(model), FSDPModule)
+
+
+def check_grouping(model: nn.Module) -> None:
+    """Raise ParallelError unless the model is FSDP2-wrapped as tinylm requires: each block a
+    group, the root a group, and no group below the root holding a tied Parameter (which
+    would put one Parameter in two groups); then the ties themselves (one DTensor Parameter)."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    root = unwrap(model)
+    if not isinstance(root, FSDPModule):
+        raise ParallelError(f"parallel.strategy=fsdp2 but the model is {type(root).__name__}, "
+                            "not FSDP2-sharded")
+    unsharded = [f"layers.{i}" for i, b in enumerate(root.layers) if not isinstance(b, FSDPModule)]
+    if unsharded:
+        raise ParallelError(f"fsdp2: blocks {unsharded} are not their own FSDP group")
+    tied = {n for g in tied_groups(root) for n in g}
+    for name, sub in root.named_modules():
+        if name and isinstance(sub, FSDPModule) and not name.startswith("layers."):
+            owned = {f"{name}.{p}" for p, _ in sub.named_parameters(remove_duplicate=False)}
+            if owned & tied:
+                raise ParallelError(f"fsdp2: module {name} is its own FSDP group but holds tied "
+                                    f"{sorted(owned & tied)}: the tie must be in the root group")
+    check_ties(root)
+    for group in tied_groups(root):
+        p = root.get_parameter(group[0])
+        if not isinstance(p, DTensor):
+            raise ParallelError(f"fsdp2: tied {group} is a {type(p).__name__}, not a sharded DTensor")
+
+
+def describe(model: nn.Module, strategy: str, num_processes: int) -> str:
+    """What really runs, for the first log line (read from the model, not the config)."""
+    if not is_sharded(model):
+        if strategy == "fsdp2":
+            raise ParallelError("parallel.strategy=fsdp2 was asked but the model is not sharded")
+        return "ddp" if num_processes > 1 else "single process"
+    p = next(unwrap(model).parameters())
+    mesh, shape = p.device_mesh, tuple(p.device_mesh.shape)
+    kind = "hsdp" if mesh.ndim == 2 else "fsdp2"
+    layout = f"{shape[0]} replica(s) x {shape[1]} shard(s)" if mesh.ndim == 2 else f"{shape[0]} shard(s)"
+    return f"{kind} ({layout}; groups: {len(unwrap(model).layers)} blocks + root[embed_tokens=lm_head, norm])"
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with whole tensors, on the CPU. Collective under FSDP2: every
+    process must call it (each sharded tensor is gathered once; tied names share the one
+    gathered tensor, so the tie is stored once). The same dict as ``state_dict()`` otherwise."""
+    from torch.distributed.tensor import DTensor
+
+    root = unwrap(model)
+    gathered: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, t in root.state_dict(keep_vars=True).items():
+        if id(t) not in gathered:
+            full = t.full_tensor() if isinstance(t, DTensor) else t
+            gathered[id(t)] = full.detach().cpu()
+        out[name] = gathered[id(t)]
+    return out
