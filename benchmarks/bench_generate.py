@@ -7,7 +7,8 @@ Shapes (without --checkpoint; random-init weights, which is fine for speed: the 
 does not depend on the values):
   default   configs/default.yaml's model: block 128, 4 layers, 4 heads, width 128, vocab 4096
   nanogpt   nanoGPT's CPU recipe: block 64, 4 layers, 4 heads, width 128 (vocab 4096 here, a
-            byte-level BPE, where nanoGPT is char-level with 65)
+            byte-level BPE, where nanoGPT is char-level with 65); beside it, nanoGPT's own
+            generate() (no cache, vocab 65: benchmarks/nanogpt_reference.py), batch 1
 The tokenizer is a 4096-token BPE trained on Python's language reference in a second. With
 --checkpoint, its own model and tokenizer are the one shape measured.
 
@@ -56,6 +57,23 @@ def timed(model: GPT, tok: Tokenizer, prompts: list[str], new_tokens: int, use_c
     return best, new_tokens * len(prompts), sum(len(t.encode("utf-8")) for t in out)
 
 
+def timed_nanogpt(c: GPTConfig, new_tokens: int, repeat: int) -> float:
+    """Best seconds for nanoGPT's own generate() (benchmarks/nanogpt_reference.py) at this
+    shape, char-level (vocab 65, one byte per token), batch 1, from a one-character prompt."""
+    from nanogpt_reference import NanoGPT
+
+    torch.manual_seed(0)
+    model = NanoGPT(65, c.block_size, c.n_layer, c.n_head, c.n_embd).eval()
+    idx = torch.zeros((1, 1), dtype=torch.long)
+    model.generate(idx, 8)  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        model.generate(idx, new_tokens)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=None)
@@ -83,6 +101,7 @@ def main() -> None:
     header = f"| {'model':<10} | {'block':>5} | {'batch':>5} | {'cache':>5} | {'tokens/s':>9} | {'bytes/s':>9} | {'cache/no-cache':>14} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    ratios: list[str] = []
     for name, model in models.items():
         c = model.config
         for batch in (1, 8):
@@ -97,6 +116,17 @@ def main() -> None:
                   f"{yes_b / yes_s:>9.0f} | {(yes_b / yes_s) / (no_b / no_s):>13.1f}x |")
             if yes_b != no_b:
                 print(f"  (note: cached and uncached texts differ in length, {yes_b} vs {no_b} bytes)")
+            if name == "nanogpt" and batch == 1:
+                nano_s = timed_nanogpt(c, args.new_tokens, args.repeat)
+                print(f"| {'nanoGPT':<10} | {c.block_size:>5} | {1:>5} | {'no':>5} | "
+                      f"{args.new_tokens / nano_s:>9.0f} | {args.new_tokens / nano_s:>9.0f} | {'':>14} |")
+                ratios.append(f"nanoGPT shape, batch 1: tinylm cached = "
+                              f"{(yes_n / yes_s) / (no_n / no_s):.2f}x tinylm uncached, "
+                              f"{(yes_n / yes_s) / (args.new_tokens / nano_s):.2f}x nanoGPT's "
+                              f"generate() in tokens/s, {(yes_b / yes_s) / (args.new_tokens / nano_s):.1f}x "
+                              "in text bytes/s")
+    for line in ratios:
+        print(line)
 
 
 if __name__ == "__main__":

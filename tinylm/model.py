@@ -178,17 +178,26 @@ class KVCache:
             mods = [model, model.embed_tokens, model.norm, model.lm_head, *model.layers]
             plain = (type(model) is GPT and all(type(b) is Block for b in model.layers)
                      and not any(m._forward_hooks or m._forward_pre_hooks for m in mods))
-            self._weights = (model.embed_tokens.weight, [b.weights() for b in model.layers],
-                             model.norm.weight, model.lm_head.weight) if plain else ()
+            # Transposed views made once, not per step; the head as a contiguous (C, V) copy
+            # (one per generation): x @ W^T with W^T laid out by rows is ~1.8x faster at batch
+            # 1 than F.linear on a CPU (docs/performance.md).
+            blocks = [(n1, qkv, o.t(), n2, gu, down.t())
+                      for n1, qkv, o, n2, gu, down in (b.weights() for b in model.layers)]
+            self._weights = (model.embed_tokens.weight, blocks, model.norm.weight,
+                             model.lm_head.weight.t().contiguous()) if plain else ()
         return self._weights or None
 
     def rotary(self, T: int) -> Rotary:
         """The rotation for the next ``T`` positions; a one-token step gets its matrix."""
         if T != 1:
             return Rotary(self.cos[self.pos:self.pos + T], self.sin[self.pos:self.pos + T])
+        return Rotary(None, None, self.rotation(self.pos))
+
+    def rotation(self, pos: int) -> torch.Tensor:
+        """(D, D): rotary at position ``pos`` as one matrix (all built on first use)."""
         if self._matrices is None:
             self._matrices = rotation_matrices(self.cos, self.sin)
-        return Rotary(None, None, self._matrices[self.pos])
+        return self._matrices[pos]
 
 
 # -- the block math, defined once: training, prefill and decoding steps all run block() --------
@@ -388,23 +397,36 @@ class GPT(TieGuarded):
 
     def decode_step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, vocab_size) after feeding one new token per row, ids (B, 1), at
-        ``cache.pos``; advances the cache. The same :func:`block` as :meth:`forward` on the
-        same weights, called directly: a step is ~40 tiny ops, where module calls and
-        attribute lookups would cost a large part of its time on a CPU. A model whose
-        modules carry hooks, or a subclass, goes through :meth:`forward` instead. Call it
-        under ``torch.inference_mode()``, as :func:`tinylm.generate.generate` does."""
+        ``cache.pos``; advances the cache. Call it under ``torch.inference_mode()``, as
+        :func:`tinylm.generate.generate` does.
+
+        :func:`block`'s math specialised to one position, on the same weights: at batch 1 a
+        step is ~60 tiny ops, so their count is its cost (docs/performance.md profiles it).
+        No module calls or Rotary objects; q and k rotated by one (D, D) matmul; each residual
+        add folded into its projection (``addmm``); no (B, T) reshapes. Tested equal to
+        :meth:`forward`. A model whose modules carry hooks (FSDP), or a subclass, goes through
+        :meth:`forward` instead."""
         weights = cache.decode_weights(self)
         if weights is None or cache.pos >= cache.max_len:  # (forward raises the overflow)
             return self(ids, cache=cache, last_only=True)[:, -1]
-        embed_w, blocks, norm_w, head_w = weights
-        c = self.config
-        rotary, mask = cache.rotary(1), self._attention_mask(cache, 1, ids.device)
-        x = F.embedding(ids, embed_w)
-        for i, weights_i in enumerate(blocks):
-            x = block(x, weights_i, (c.n_head, c.kv_heads, c.head_dim), c.norm_eps, rotary, i,
-                      cache, mask)
-        cache.pos += 1
-        logits = F.linear(F.rms_norm(x[:, -1], (c.n_embd,), norm_w, c.norm_eps), head_w)
+        embed_w, blocks, norm_w, head_t = weights
+        c, B, pos = self.config, ids.size(0), cache.pos
+        H, KV, D, C, eps = c.n_head, c.kv_heads, c.head_dim, c.n_embd, c.norm_eps
+        rotation, end = cache.rotation(pos), pos + 1
+        mask = None if cache.pad_mask is None else cache.pad_mask[:, None, None, :end]
+        x = F.embedding(ids.view(B), embed_w)  # (B, C)
+        for (norm1, qkv_w, o_t, norm2, gate_up_w, down_t), (keys, values) in zip(blocks, cache.layers):
+            qkv = F.linear(torch.rms_norm(x, (C,), norm1, eps), qkv_w)  # (B, (H + 2KV) D)
+            qk = torch.mm(qkv[:, :(H + KV) * D].reshape(-1, D), rotation).view(B, H + KV, 1, D)
+            keys[:, :, pos] = qk[:, H:, 0]
+            values[:, :, pos] = qkv[:, (H + KV) * D:].view(B, KV, D)
+            y = F.scaled_dot_product_attention(qk[:, :H], keys[:, :, :end], values[:, :, :end],
+                                               attn_mask=mask, enable_gqa=KV != H)
+            x = torch.addmm(x, y.view(B, H * D), o_t)
+            gate, up = F.linear(torch.rms_norm(x, (C,), norm2, eps), gate_up_w).chunk(2, dim=-1)
+            x = torch.addmm(x, F.silu(gate).mul_(up), down_t)
+        cache.pos = end
+        logits = torch.mm(torch.rms_norm(x, (C,), norm_w, eps), head_t)
         return logits[:, :c.vocab_size] if c.padded_vocab_size != c.vocab_size else logits
 
     @staticmethod
