@@ -66,6 +66,9 @@ def run_variant(config: str, text: str, overrides: list[str], target: float, wor
         raise SystemExit(f"training failed ({' '.join(overrides)}):\n{proc.stderr[-2000:]}")
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
+    if len(train) < 2:
+        raise SystemExit(f"fewer than 2 train lines in metrics.jsonl ({' '.join(overrides)}): "
+                         "lower log.interval for a run this short")
     evals = [r for r in records if r["kind"] == "eval"]
     meta = json.loads(next(data_dir.glob("*/meta.json")).read_text())
     bytes_per_token = meta["train_bytes"] / meta["train_tokens"]
