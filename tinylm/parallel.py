@@ -26,6 +26,7 @@ The model stays parallelism-free (torchtitan's rule): everything here acts on it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -149,6 +150,56 @@ def check_grouping(model: nn.Module) -> None:
         p = root.get_parameter(group[0])
         if not isinstance(p, DTensor):
             raise ParallelError(f"fsdp2: tied {group} is a {type(p).__name__}, not a sharded DTensor")
+
+
+def strategy_line(cfg: ParallelConfig, acc) -> str:
+    """What will really run, for the trainer's first log line, or a ParallelError: asking for
+    one strategy and getting another is never silent (an FSDP accelerate config with
+    parallel.strategy=ddp, or an fsdp2 run that accelerate would not shard)."""
+    from accelerate.utils import DistributedType
+
+    fsdp = acc.distributed_type == DistributedType.FSDP
+    if cfg.strategy == "ddp":
+        if fsdp:
+            raise ParallelError("the accelerate launch config asks for FSDP but "
+                                "parallel.strategy=ddp; set parallel.strategy=fsdp2, or "
+                                "launch without the FSDP config")
+        return (f"strategy ddp ({acc.distributed_type.value})" if acc.num_processes > 1
+                else "strategy ddp (single process: nothing to replicate)")
+    if accelerate_wraps(cfg, acc.num_processes):
+        if not fsdp or getattr(acc.state.fsdp_plugin, "fsdp_version", 1) != 2:
+            raise ParallelError(f"parallel.strategy=fsdp2 but accelerate set up "
+                                f"{acc.distributed_type.value}, not FSDP2")
+        return "strategy fsdp2 (accelerate's FSDP plugin, one group per block + root)"
+    return (f"strategy fsdp2 (tinylm's fully_shard on a {acc.device.type} mesh, "
+            f"dp_replicate={cfg.dp_replicate})")
+
+
+def wrap(raw: nn.Module, acc, cfg: ParallelConfig, optim_cfg,
+         say: Callable[[str], None]) -> tuple[nn.Module, list]:
+    """(model, optimizers) ready to train. DDP, and FSDP2 on several GPUs, go through
+    ``acc.prepare``; other FSDP2 runs (CPU, where accelerate would silently give DDP, and one
+    process) are sharded here. Optimizers are built on the parameters the model trains with
+    (FSDP2 replaces them by sharded DTensors). Every path ends with the tie checked."""
+    from tinylm.optim import build_optimizers
+
+    if cfg.strategy == "ddp" or accelerate_wraps(cfg, acc.num_processes):
+        model, *optimizers = acc.prepare(raw, *build_optimizers(raw, optim_cfg))
+        if cfg.strategy == "fsdp2":
+            check_grouping(model)
+        check_ties(model)  # wrapping (DDP, compile) must keep the tie, or we stop here
+        return model, optimizers
+    ensure_process_group(acc.device)
+    raw.to(acc.device)
+    if optim_cfg.compile:  # per block, before sharding (torchtitan's order)
+        for layer in raw.layers:
+            layer.compile()
+    shard(raw, device_mesh(acc.device, cfg), cfg)
+    if optim_cfg.name == "muon":
+        say("note: Muon on FSDP2 shards runs Newton-Schulz through DTensor ops: the same "
+            "updates as under DDP (to ~1e-4), but ~10x slower steps on CPU (docs/performance.md)")
+    optimizers = acc.prepare(*build_optimizers(raw, optim_cfg))
+    return raw, list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
 
 
 def describe(model: nn.Module, strategy: str, num_processes: int) -> str:

@@ -1,4 +1,5 @@
-"""What a resume needs besides the weights: optimizer state and each process's RNG.
+"""What a resume needs besides the weights: optimizer state and each process's RNG, and the
+rule for what counts as the same run (:func:`require_same_run`).
 
 The optimizer state is stored in one form whatever the parallelism, so a run can resume under
 another strategy (DDP <-> FSDP2) or process count: torch's distributed state-dict API gathers
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from tinylm.atomic import atomic_path
+from tinylm.checkpoint import CheckpointError, read_config, read_trainer_state
 from tinylm.parallel import unwrap
 
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -147,3 +150,39 @@ def load_rng(state_dir: Path, accelerator) -> None:
 
     load_accelerator_state(str(state_dir), [], [], [], [], accelerator.process_index,
                            scaler=accelerator.scaler)
+
+
+def require_same_run(ckpt: Path, cfg, num_processes: int,
+                     say: Callable[[str], None]) -> bool:
+    """A resume continues the run it says it continues, or says why not, in one line.
+    Each optimizer step must see the same blocks of the same data: refused are another
+    block size or data.source, and another global batch (processes x batch_size x
+    grad_accum sequences per step). Within one global batch the process count may change
+    (N to M: weights, optimizer state, step and data position carry over; a resume
+    under another parallel.strategy too). Returns whether the process count is the same
+    (the RNG files are per process)."""
+    saved, data_pos = read_config(ckpt).get("train", {}), read_trainer_state(ckpt)["data"]
+    o = cfg.optim
+    accum_before = saved.get("optim", {}).get("grad_accum", o.grad_accum)
+    procs_before = data_pos.get("world_size")
+    now = {"model.block_size": cfg.model.block_size, "data.source": cfg.data.source,
+           "global batch": num_processes * o.batch_size * o.grad_accum}
+    before = {"model.block_size": data_pos.get("block_size"),
+              "data.source": saved.get("data", {}).get("source", cfg.data.source),
+              "global batch": procs_before * data_pos.get("batch_size") * accum_before}
+    for key, value in now.items():
+        if before[key] != value:
+            raise CheckpointError(
+                f"{ckpt}: cannot resume with {key}={value}: the checkpoint was trained with "
+                f"{key}={before[key]}" + (
+                    f" ({procs_before} process(es) x batch_size {data_pos.get('batch_size')} x "
+                    f"grad_accum {accum_before}); choose optim.batch_size and grad_accum so "
+                    f"that {num_processes} process(es) x batch_size x grad_accum = "
+                    f"{before[key]}"
+                    if key == "global batch" else f"; resume with the same {key}") +
+                ", or start a new run_dir with checkpoint.init_from to keep the weights only")
+    if procs_before != num_processes:
+        say(f"resuming a {procs_before}-process run with {num_processes}: same global batch, "
+            "so the same data per step; the random states are per process and are not "
+            "restored (only dropout draws from them)")
+    return procs_before == num_processes

@@ -27,8 +27,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from tinylm.budget import TimeBudget
-from tinylm.checkpoint import (CheckpointError, Checkpointer, init_from, init_model_config,
-                               read_config, read_trainer_state, resolve_resume)
+from tinylm.checkpoint import Checkpointer, init_from, init_model_config, resolve_resume
 from tinylm.config import TrainConfig, config_to_dict, save_config
 from tinylm.data import EvalBlocks, TrainBatches, prepare
 from tinylm.distill import load_teacher
@@ -36,13 +35,11 @@ from tinylm.evaluate import EvalResult, Evaluator
 from tinylm.hardware import mfu
 from tinylm.metrics import RunLogger, plot_losses
 from tinylm.model import GPT, materialize
-from tinylm.optim import build_optimizers
-from tinylm.parallel import (ParallelError, accelerate_wraps, check_grouping, describe,
-                             device_mesh, ensure_process_group, make_plugin, shard)
+from tinylm.parallel import describe, make_plugin, strategy_line, wrap
+from tinylm.resume_state import require_same_run
 from tinylm.rundir import LauncherWatch, RunDirError, RunDirLock, require_writable
 from tinylm.step import StepStats, TrainingDiverged, choose_precision, train_step
 from tinylm.sync_check import SyncChecker, check_tied_sync
-from tinylm.tying import check_ties
 
 __all__ = ["TrainHooks", "TrainState", "Trainer", "TrainingDiverged", "train"]
 
@@ -149,7 +146,7 @@ class Trainer:
         resume_from = resolve_resume(cfg.checkpoint.resume, self.checkpointer.root)
         same_processes = True
         if resume_from is not None:
-            same_processes = self._require_same_run(resume_from)
+            same_processes = require_same_run(resume_from, self.cfg, acc.num_processes, self.print)
             self.checkpointer.restore_weights(resume_from, self.raw_model, same_processes)
         else:
             materialize(self.raw_model, "cpu")  # from the RNG as set_seed left it
@@ -157,7 +154,7 @@ class Trainer:
                 self.print(init_from(self.raw_model, cfg.checkpoint.init_from,
                                      self.data.tokenizer_path).summary())
         self.teacher = self._load_teacher()
-        self.model, self.optimizers = self._wrap(self.raw_model)
+        self.model, self.optimizers = wrap(self.raw_model, acc, cfg.parallel, o, self.print)
         self.print(f"parallel: {describe(self.model, cfg.parallel.strategy, acc.num_processes)}")
         self.state = TrainState()
         if resume_from is not None:
@@ -200,40 +197,6 @@ class Trainer:
             raise RunDirError(error[0])
         return lock
 
-    def _require_same_run(self, ckpt: Path) -> bool:
-        """A resume continues the run it says it continues, or says why not, in one line.
-        Each optimizer step must see the same blocks of the same data: refused are another
-        block size or data.source, and another global batch (processes x batch_size x
-        grad_accum sequences per step). Within one global batch the process count may change
-        (N to M: weights, optimizer state, step and data position carry over; a resume
-        under another parallel.strategy too). Returns whether the process count is the same
-        (the RNG files are per process)."""
-        saved, data_pos = read_config(ckpt).get("train", {}), read_trainer_state(ckpt)["data"]
-        o, acc = self.cfg.optim, self.accelerator
-        accum_before = saved.get("optim", {}).get("grad_accum", o.grad_accum)
-        procs_before = data_pos.get("world_size")
-        now = {"model.block_size": self.cfg.model.block_size, "data.source": self.cfg.data.source,
-               "global batch": acc.num_processes * o.batch_size * o.grad_accum}
-        before = {"model.block_size": data_pos.get("block_size"),
-                  "data.source": saved.get("data", {}).get("source", self.cfg.data.source),
-                  "global batch": procs_before * data_pos.get("batch_size") * accum_before}
-        for key, value in now.items():
-            if before[key] != value:
-                raise CheckpointError(
-                    f"{ckpt}: cannot resume with {key}={value}: the checkpoint was trained with "
-                    f"{key}={before[key]}" + (
-                        f" ({procs_before} process(es) x batch_size {data_pos.get('batch_size')} x "
-                        f"grad_accum {accum_before}); choose optim.batch_size and grad_accum so "
-                        f"that {acc.num_processes} process(es) x batch_size x grad_accum = "
-                        f"{before[key]}"
-                        if key == "global batch" else f"; resume with the same {key}") +
-                    ", or start a new run_dir with checkpoint.init_from to keep the weights only")
-        if procs_before != acc.num_processes:
-            self.print(f"resuming a {procs_before}-process run with {acc.num_processes}: same "
-                       "global batch, so the same data per step; the random states are per "
-                       "process and are not restored (only dropout draws from them)")
-        return procs_before == acc.num_processes
-
     @staticmethod
     def _make_accelerator(cfg: TrainConfig) -> Accelerator:
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -253,58 +216,11 @@ class Trainer:
             project_dir=str(cfg.run_dir),
             dynamo_backend="inductor" if cfg.optim.compile else "no",
         )
-        strategy = Trainer._strategy(cfg, acc)
+        strategy = strategy_line(cfg.parallel, acc)
         threads = f", {torch.get_num_threads()} thread(s) each" if acc.device.type == "cpu" else ""
         acc.print(f"tinylm: {acc.num_processes} process(es), {strategy}, device {acc.device}"
                   f"{threads}, mixed precision {acc.mixed_precision}{f' ({why})' if why else ''}")
         return acc
-
-    @staticmethod
-    def _strategy(cfg: TrainConfig, acc: Accelerator) -> str:
-        """What will really run, for the first log line, or a ParallelError: asking for one
-        strategy and getting another is never silent (an FSDP accelerate config with
-        parallel.strategy=ddp, or an fsdp2 run that accelerate would not shard)."""
-        from accelerate.utils import DistributedType
-
-        p, fsdp = cfg.parallel, acc.distributed_type == DistributedType.FSDP
-        if p.strategy == "ddp":
-            if fsdp:
-                raise ParallelError("the accelerate launch config asks for FSDP but "
-                                    "parallel.strategy=ddp; set parallel.strategy=fsdp2, or "
-                                    "launch without the FSDP config")
-            return (f"strategy ddp ({acc.distributed_type.value})" if acc.num_processes > 1
-                    else "strategy ddp (single process: nothing to replicate)")
-        if accelerate_wraps(p, acc.num_processes):
-            if not fsdp or getattr(acc.state.fsdp_plugin, "fsdp_version", 1) != 2:
-                raise ParallelError(f"parallel.strategy=fsdp2 but accelerate set up "
-                                    f"{acc.distributed_type.value}, not FSDP2")
-            return "strategy fsdp2 (accelerate's FSDP plugin, one group per block + root)"
-        return (f"strategy fsdp2 (tinylm's fully_shard on a {acc.device.type} mesh, "
-                f"dp_replicate={p.dp_replicate})")
-
-    def _wrap(self, raw: GPT) -> tuple[torch.nn.Module, list]:
-        """(model, optimizers) ready to train. DDP, and FSDP2 on several GPUs, go through
-        accelerate; other FSDP2 runs (CPU, where accelerate would silently give DDP, and one
-        process) are sharded here. Optimizers are built on the parameters the model trains
-        (FSDP2 replaces them by sharded DTensors). Every path ends with the tie checked."""
-        acc, p, o = self.accelerator, self.cfg.parallel, self.cfg.optim
-        if p.strategy == "ddp" or accelerate_wraps(p, acc.num_processes):
-            model, *optimizers = acc.prepare(raw, *build_optimizers(raw, o))
-            if p.strategy == "fsdp2":
-                check_grouping(model)
-            check_ties(model)  # wrapping (DDP, compile) must keep the tie, or we stop here
-            return model, optimizers
-        ensure_process_group(acc.device)
-        raw.to(acc.device)
-        if o.compile:  # per block, before sharding (torchtitan's order)
-            for layer in raw.layers:
-                layer.compile()
-        shard(raw, device_mesh(acc.device, p), p)
-        if o.name == "muon":
-            self.print("note: Muon on FSDP2 shards runs Newton-Schulz through DTensor ops: the "
-                       "same updates as under DDP (to ~1e-4), but ~10x slower steps on CPU")
-        optimizers = acc.prepare(*build_optimizers(raw, o))
-        return raw, list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
 
     def _load_teacher(self) -> GPT | None:
         """Frozen, eval mode, never prepared: no DDP wrapper, no optimizer state."""
