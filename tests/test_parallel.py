@@ -5,6 +5,7 @@ sharding-aware sync check and its fault injection; and the check's logic on its 
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -164,6 +165,22 @@ def test_a_shard_without_gradient_is_caught(tmp_path, corpus):
     assert all(r["error"] == "TiedSyncError" for r in res), res
     assert ("embed_tokens.weight=lm_head.weight grad: no gradient on rank(s) [1]: their rows "
             "would not be updated") in res[1]["message"]
+
+
+@pytest.mark.slow
+def test_accelerates_own_fsdp2_grouping_passes_the_check(tmp_path):
+    """On several GPUs accelerate wraps the model: it puts [norm, embed_tokens, lm_head] in one
+    group of their own (not the root). That is one group for the tie, so the check accepts it;
+    run here through accelerate's own wrapping function, on 2 gloo ranks."""
+    from helpers import accelerate_2proc
+
+    proc = accelerate_2proc(REPO / "tests" / "dist" / "accelerate_fsdp2_grouping.py", [], tmp_path)
+    res = [json.loads(m) for m in re.findall(r"RESULT (\{[^\n]*\})", proc.stdout)]
+    assert len(res) == 2, failure_excerpt(proc.stdout + proc.stderr)
+    for r in res:
+        assert r["world"] == 2 and r["tied_is_one"] and r["dtensor"] == "DTensor"
+        assert r["label"] == "one group [embed_tokens, norm, lm_head]"
+        assert all(math.isfinite(loss) for loss in r["losses"])  # three real steps
 
 
 # -- the check's logic, one row per rank: param digest, grad digest, param rows, grad rows,

@@ -124,10 +124,31 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(unwrap(model), FSDPModule)
 
 
+def _group_of(root: nn.Module, param_name: str):
+    """The FSDP group (its state object) that manages a parameter: that of the nearest
+    FSDP-wrapped module at or above the parameter's module."""
+    from torch.distributed.fsdp import FSDPModule
+
+    parts = param_name.split(".")[:-1]
+    for i in range(len(parts), -1, -1):
+        module = root.get_submodule(".".join(parts[:i]))
+        if isinstance(module, FSDPModule):
+            return module._get_fsdp_state()
+    return None
+
+
+def _members(root: nn.Module, state) -> list[str]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [n or "root" for n, m in root.named_modules()
+            if isinstance(m, FSDPModule) and m._get_fsdp_state() is state]
+
+
 def check_grouping(model: nn.Module) -> None:
-    """Raise ParallelError unless the model is FSDP2-wrapped as tinylm requires: each block a
-    group, the root a group, and no group below the root holding a tied Parameter (which
-    would put one Parameter in two groups); then the ties themselves (one DTensor Parameter)."""
+    """Raise ParallelError unless the model is FSDP2-wrapped as tinylm requires: each block its
+    own group, and every tie's uses in ONE group, whether that is the root (tinylm's own
+    sharding) or a group of [norm, embed_tokens, lm_head] (accelerate's); then the ties
+    themselves: one DTensor Parameter each."""
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
@@ -138,18 +159,30 @@ def check_grouping(model: nn.Module) -> None:
     unsharded = [f"layers.{i}" for i, b in enumerate(root.layers) if not isinstance(b, FSDPModule)]
     if unsharded:
         raise ParallelError(f"fsdp2: blocks {unsharded} are not their own FSDP group")
-    tied = {n for g in tied_groups(root) for n in g}
-    for name, sub in root.named_modules():
-        if name and isinstance(sub, FSDPModule) and not name.startswith("layers."):
-            owned = {f"{name}.{p}" for p, _ in sub.named_parameters(remove_duplicate=False)}
-            if owned & tied:
-                raise ParallelError(f"fsdp2: module {name} is its own FSDP group but holds tied "
-                                    f"{sorted(owned & tied)}: the tie must be in the root group")
+    for group in tied_groups(root):
+        states = {id(_group_of(root, n)): _group_of(root, n) for n in group}
+        if len(states) > 1:
+            where = [_members(root, st) for st in states.values()]
+            raise ParallelError(f"fsdp2: tied {group} is split across FSDP groups {where}: "
+                                "a tie must be in one group")
     check_ties(root)
     for group in tied_groups(root):
         p = root.get_parameter(group[0])
         if not isinstance(p, DTensor):
             raise ParallelError(f"fsdp2: tied {group} is a {type(p).__name__}, not a sharded DTensor")
+
+
+def tie_group_label(model: nn.Module) -> str:
+    """Where the tied matrix is sharded, e.g. ``root[embed_tokens=lm_head, norm]``."""
+    root = unwrap(model)
+    groups = tied_groups(root)
+    if not groups:
+        return "no ties"
+    state = _group_of(root, groups[0][0])
+    tie = "=".join(n.rsplit(".", 1)[0] for n in groups[0])
+    if state is root._get_fsdp_state():
+        return f"root[{tie}, norm]"
+    return f"one group [{', '.join(_members(root, state))}]"
 
 
 def strategy_line(cfg: ParallelConfig, acc) -> str:
@@ -212,7 +245,7 @@ def describe(model: nn.Module, strategy: str, num_processes: int) -> str:
     mesh, shape = p.device_mesh, tuple(p.device_mesh.shape)
     kind = "hsdp" if mesh.ndim == 2 else "fsdp2"
     layout = f"{shape[0]} replica(s) x {shape[1]} shard(s)" if mesh.ndim == 2 else f"{shape[0]} shard(s)"
-    return f"{kind} ({layout}; groups: {len(unwrap(model).layers)} blocks + root[embed_tokens=lm_head, norm])"
+    return f"{kind} ({layout}; groups: {len(unwrap(model).layers)} blocks + {tie_group_label(model)})"
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
