@@ -4,10 +4,12 @@ FSDP2 (``torch.distributed.fsdp.fully_shard``) shards every parameter's rows acr
 processes and gathers a group's parameters just before the group runs. A tie survives only if
 its two uses are in ONE group: since torch 2.13 a Parameter managed by two groups raises
 "shared with a parameter already managed by another FSDP group", and before that it silently
-never updated part of the last rank's rows (pytorch #176076). So, as torchtitan does, the
-groups are: each transformer block, and the root, which keeps everything else, i.e.
-``embed_tokens`` (= ``lm_head``) and the final norm. :func:`check_grouping` proves it after
-wrapping, whoever wrapped.
+never updated part of the last rank's rows (pytorch #176076). So the groups are: each
+transformer block, and one holding ``embed_tokens`` (= ``lm_head``) and the final norm. In
+tinylm's own sharding that is the root, which keeps everything else, as torchtitan does.
+accelerate (1.15) makes [norm, embed_tokens, lm_head] a group of their own. Either way the tie
+is in one group. :func:`check_grouping` proves it after wrapping, whoever wrapped, by
+comparing the FSDP group of each of the tie's uses.
 
 Who wraps:
 - on CUDA with several processes, accelerate, through ``FullyShardedDataParallelPlugin``
