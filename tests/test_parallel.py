@@ -46,6 +46,22 @@ def assert_close(a: dict, b: dict, rtol: float) -> None:
                                    msg=name)
 
 
+def ends_like(resumed, uninterrupted) -> None:
+    """A run resumed at step 10 logs the uninterrupted run's last 10 losses and ends on its weights."""
+    torch.testing.assert_close(torch.tensor(losses(resumed)),
+                               torch.tensor(losses(uninterrupted)[10:]), rtol=1e-5, atol=0)
+    assert_close(weights(resumed, 20), weights(uninterrupted, 20), rtol=1e-5)
+
+
+def resume_in_one_process(tmp_path, corpus, run, **extra) -> subprocess.CompletedProcess:
+    """Resume ``run``'s step-10 under fsdp2 with ONE process (plain python, no launcher)."""
+    return subprocess.run(
+        [sys.executable, str(TRAIN), "configs/tiny.yaml", *tiny_overrides(tmp_path, corpus, **STEPS, **{
+            "parallel.strategy": "fsdp2", "checkpoint.resume": run / "checkpoints" / "step-10",
+            **extra})],
+        capture_output=True, text=True, env=env(tmp_path), cwd=REPO, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
@@ -92,34 +108,23 @@ def test_resume_across_strategies(tmp_path, corpus, runs, source, target):
         "parallel.strategy": target, "checkpoint.resume": run / "checkpoints" / "step-10"})
     assert finished(proc, log, res) and res[0]["step"] == 20, failure_excerpt(log)
     assert strategy_line(log).startswith(f"strategy {target}") and "resumed from" in log
-    torch.testing.assert_close(torch.tensor(losses(tmp_path / "run")),
-                               torch.tensor(losses(run)[10:]), rtol=1e-5, atol=0)
-    assert_close(weights(tmp_path / "run", 20), weights(run, 20), rtol=1e-5)
+    ends_like(tmp_path / "run", run)
 
 
 @pytest.mark.slow
 def test_fsdp2_resume_from_2_processes_to_1(tmp_path, corpus, runs):
     """N -> M: the same global batch (2 x 8 -> 1 x 16) gives the same data per step."""
     run, _ = runs["fsdp2"]
-    proc = subprocess.run(
-        [sys.executable, str(TRAIN), "configs/tiny.yaml", *tiny_overrides(tmp_path, corpus, **STEPS, **{
-            "parallel.strategy": "fsdp2", "optim.batch_size": 16,
-            "checkpoint.resume": run / "checkpoints" / "step-10"})],
-        capture_output=True, text=True, env=env(tmp_path), cwd=REPO, timeout=300)
+    proc = resume_in_one_process(tmp_path, corpus, run, **{"optim.batch_size": 16})
     assert proc.returncode == 0, failure_excerpt(proc.stdout + proc.stderr)
     assert "parallel: fsdp2 (1 shard(s)" in proc.stdout and "resuming a 2-process run with 1" in proc.stdout
-    torch.testing.assert_close(torch.tensor(losses(tmp_path / "run")),
-                               torch.tensor(losses(run)[10:]), rtol=1e-5, atol=0)
-    assert_close(weights(tmp_path / "run", 20), weights(run, 20), rtol=1e-5)
+    ends_like(tmp_path / "run", run)
 
 
 @pytest.mark.slow
 def test_another_global_batch_is_refused(tmp_path, corpus, runs):
     run, _ = runs["fsdp2"]
-    proc = subprocess.run(
-        [sys.executable, str(TRAIN), "configs/tiny.yaml", *tiny_overrides(tmp_path, corpus, **STEPS, **{
-            "parallel.strategy": "fsdp2", "checkpoint.resume": run / "checkpoints" / "step-10"})],
-        capture_output=True, text=True, env=env(tmp_path), cwd=REPO, timeout=300)
+    proc = resume_in_one_process(tmp_path, corpus, run)  # batch 8: half the global batch
     assert proc.returncode == 2 and proc.stderr.count("error:") == 1
     assert proc.stderr.strip().splitlines()[-1:] == [
         f"error: {run / 'checkpoints' / 'step-10'}: cannot resume with global batch=8: the "
@@ -171,16 +176,20 @@ def test_a_shard_without_gradient_is_caught(tmp_path, corpus):
 def test_accelerates_own_fsdp2_grouping_passes_the_check(tmp_path):
     """On several GPUs accelerate wraps the model: it puts [norm, embed_tokens, lm_head] in one
     group of their own (not the root). That is one group for the tie, so the check accepts it;
-    run here through accelerate's own wrapping function, on 2 gloo ranks."""
+    run here through accelerate's own wrapping function, on 2 gloo ranks. A grouping that splits
+    the tie (lm_head alone) is refused."""
     from helpers import accelerate_2proc
 
     proc = accelerate_2proc(REPO / "tests" / "dist" / "accelerate_fsdp2_grouping.py", [], tmp_path)
     res = [json.loads(m) for m in re.findall(r"RESULT (\{[^\n]*\})", proc.stdout)]
     assert len(res) == 2, failure_excerpt(proc.stdout + proc.stderr)
     for r in res:
+        assert "error" not in r, r["error"]
         assert r["world"] == 2 and r["tied_is_one"] and r["dtensor"] == "DTensor"
         assert r["label"] == "one group [embed_tokens, norm, lm_head]"
         assert all(math.isfinite(loss) for loss in r["losses"])  # three real steps
+        # and the other side: lm_head in a group of its own is a split tie, refused
+        assert r["split_refused"].startswith("tie broken: lm_head.weight should be embed_tokens.weight")
 
 
 # -- the check's logic, one row per rank: param digest, grad digest, param rows, grad rows,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tinylm.checkpoint import CheckpointError
 from tinylm.config import OptimConfig
 from tinylm.model import GPT, GPTConfig
 from tinylm.optim import build_optimizers
-from tinylm.resume_state import (OPTIMIZER_FILE, StateFileError, load_optimizer, optimizer_state,
-                                 write_optimizer)
+from tinylm.resume_state import OPTIMIZER_FILE, load_optimizer, optimizer_state, write_optimizer
 
 
 def trained(name: str = "adamw", n_layer: int = 1) -> tuple[GPT, list]:
@@ -52,7 +52,7 @@ def test_state_for_another_model_is_refused(tmp_path):
     model, opts = trained(n_layer=1)
     write_optimizer(optimizer_state(model, opts), tmp_path / OPTIMIZER_FILE)
     other, other_opts = trained(n_layer=2)
-    with pytest.raises(StateFileError, match=r"optimizer state for \d+ parameters does not fit "
+    with pytest.raises(CheckpointError, match=r"optimizer state for \d+ parameters does not fit "
                                              r"this model's \d+ \(e\.g\. \['layers\.1\."):
         load_optimizer(other, other_opts, tmp_path)
 
@@ -60,5 +60,5 @@ def test_state_for_another_model_is_refused(tmp_path):
 def test_a_corrupt_file_is_one_error_naming_it(tmp_path):
     model, opts = trained()
     (tmp_path / OPTIMIZER_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
-    with pytest.raises(StateFileError, match=f"{OPTIMIZER_FILE}: corrupt or unreadable"):
+    with pytest.raises(CheckpointError, match=f"{OPTIMIZER_FILE}: corrupt or unreadable"):
         load_optimizer(model, opts, tmp_path)

@@ -386,7 +386,8 @@ class Checkpointer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / STATE_DIR).mkdir(parents=True)
-        weights = full_state_dict(model)  # collective under FSDP2, like the next one
+        weights = full_state_dict(model, keep=acc.is_main_process)  # collective under
+        # FSDP2, like the next one
         optim = optimizer_state(model, optimizers)
         acc.wait_for_everyone()
         error = [None]
@@ -443,12 +444,9 @@ class Checkpointer:
                       same_processes: bool) -> dict:
         """Optimizer state (resharded into this run's layout) and RNG into the prepared run;
         returns the trainer state saved with them."""
-        from tinylm.resume_state import StateFileError, load_optimizer, load_rng
+        from tinylm.resume_state import load_optimizer, load_rng
 
-        try:
-            load_optimizer(model, optimizers, ckpt / STATE_DIR)
-        except StateFileError as e:
-            raise CheckpointError(str(e)) from None
+        load_optimizer(model, optimizers, ckpt / STATE_DIR)  # CheckpointError if it does not fit
         if same_processes:
             load_rng(ckpt / STATE_DIR, self.accelerator)
         return read_trainer_state(ckpt)

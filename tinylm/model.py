@@ -171,20 +171,26 @@ class KVCache:
 
     def decode_weights(self, model: "GPT") -> tuple | None:
         """(embedding, each block's weights, final norm, head) of ``model``, gathered on the
-        first decoding step (the same tensors, no copies) for :meth:`GPT.decode_step`. None
+        first decoding step for :meth:`GPT.decode_step` (the model's own tensors and views of
+        them; on a CPU the head is also copied once, transposed). None
         when the model or a block is a subclass, or a module carries hooks (FSDP, tracing):
         those must be called as modules."""
         if self._weights is None:
             mods = [model, model.embed_tokens, model.norm, model.lm_head, *model.layers]
             plain = (type(model) is GPT and all(type(b) is Block for b in model.layers)
                      and not any(m._forward_hooks or m._forward_pre_hooks for m in mods))
-            # Transposed views made once, not per step; the head as a contiguous (C, V) copy
-            # (one per generation): x @ W^T with W^T laid out by rows is ~1.8x faster at batch
-            # 1 than F.linear on a CPU (docs/performance.md).
-            blocks = [(n1, qkv, o.t(), n2, gu, down.t())
-                      for n1, qkv, o, n2, gu, down in (b.weights() for b in model.layers)]
-            self._weights = (model.embed_tokens.weight, blocks, model.norm.weight,
-                             model.lm_head.weight.t().contiguous()) if plain else ()
+            # Transposed views made once, not per step. On a CPU the head becomes a contiguous
+            # (C, V) copy, one per generation: x @ W^T with W^T laid out by rows is ~1.8x
+            # faster at batch 1 than F.linear there (docs/performance.md). GPU BLAS takes the
+            # transposed view as it is, so no copy is made there.
+            self._weights = ()
+            if plain:
+                blocks = [(n1, qkv, o.t(), n2, gu, down.t())
+                          for n1, qkv, o, n2, gu, down in (b.weights() for b in model.layers)]
+                head_t = model.lm_head.weight.t()
+                if head_t.device.type == "cpu":
+                    head_t = head_t.contiguous()
+                self._weights = (model.embed_tokens.weight, blocks, model.norm.weight, head_t)
         return self._weights or None
 
     def rotary(self, T: int) -> Rotary:

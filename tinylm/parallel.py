@@ -62,14 +62,19 @@ def accelerate_wraps(cfg: ParallelConfig, num_processes: int) -> bool:
 
 
 def make_plugin(cfg: ParallelConfig, num_processes: int):
-    """accelerate's FSDP2 plugin for :func:`accelerate_wraps` runs, else None. Full state dicts
-    (tinylm saves its own model.safetensors); no RAM-efficient loading, whose meta-device
-    path unties (accelerate #3668)."""
+    """accelerate's FSDP2 plugin for :func:`accelerate_wraps` runs, else None."""
     if not accelerate_wraps(cfg, num_processes):
         return None
     if cfg.dp_replicate > 1:
         raise ParallelError("parallel.dp_replicate > 1 (HSDP) is applied by tinylm's own "
                             "sharding only; on several GPUs use dp_replicate=1")
+    return fsdp2_plugin(cfg)
+
+
+def fsdp2_plugin(cfg: ParallelConfig):
+    """The FSDP2 plugin tinylm hands accelerate: one group per Block, full state dicts
+    (tinylm saves its own model.safetensors), and no RAM-efficient loading, whose meta-device
+    path unties (accelerate #3668)."""
     from accelerate import FullyShardedDataParallelPlugin
 
     return FullyShardedDataParallelPlugin(
@@ -147,10 +152,10 @@ def _members(root: nn.Module, state) -> list[str]:
 
 
 def check_grouping(model: nn.Module) -> None:
-    """Raise ParallelError unless the model is FSDP2-wrapped as tinylm requires: each block its
-    own group, and every tie's uses in ONE group, whether that is the root (tinylm's own
-    sharding) or a group of [norm, embed_tokens, lm_head] (accelerate's); then the ties
-    themselves: one DTensor Parameter each."""
+    """Raise unless the model is FSDP2-wrapped as tinylm requires: each block its own group
+    (ParallelError), and each tie still ONE Parameter, a DTensor. A grouping that splits a tie's
+    uses is caught by the tie check: torch 2.13 then gives each group its own sharded copy
+    (TieError, tested), where older versions left some rows never updated."""
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
@@ -161,12 +166,6 @@ def check_grouping(model: nn.Module) -> None:
     unsharded = [f"layers.{i}" for i, b in enumerate(root.layers) if not isinstance(b, FSDPModule)]
     if unsharded:
         raise ParallelError(f"fsdp2: blocks {unsharded} are not their own FSDP group")
-    for group in tied_groups(root):
-        states = {id(_group_of(root, n)): _group_of(root, n) for n in group}
-        if len(states) > 1:
-            where = [_members(root, st) for st in states.values()]
-            raise ParallelError(f"fsdp2: tied {group} is split across FSDP groups {where}: "
-                                "a tie must be in one group")
     check_ties(root)
     for group in tied_groups(root):
         p = root.get_parameter(group[0])
@@ -237,11 +236,9 @@ def wrap(raw: nn.Module, acc, cfg: ParallelConfig, optim_cfg,
     return raw, list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
 
 
-def describe(model: nn.Module, strategy: str, num_processes: int) -> str:
-    """What really runs, for the first log line (read from the model, not the config)."""
+def describe(model: nn.Module, num_processes: int) -> str:
+    """What really runs, read from the wrapped model (not the config), for the log."""
     if not is_sharded(model):
-        if strategy == "fsdp2":
-            raise ParallelError("parallel.strategy=fsdp2 was asked but the model is not sharded")
         return "ddp" if num_processes > 1 else "single process"
     p = next(unwrap(model).parameters())
     mesh, shape = p.device_mesh, tuple(p.device_mesh.shape)
@@ -250,18 +247,19 @@ def describe(model: nn.Module, strategy: str, num_processes: int) -> str:
     return f"{kind} ({layout}; groups: {len(unwrap(model).layers)} blocks + {tie_group_label(model)})"
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with whole tensors, on the CPU. Collective under FSDP2: every
-    process must call it (each sharded tensor is gathered once; tied names share the one
-    gathered tensor, so the tie is stored once). The same dict as ``state_dict()`` otherwise."""
+def full_state_dict(model: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The model's state dict with whole tensors, on the CPU, or {} unless ``keep`` (only the
+    process that writes the file needs it). Collective under FSDP2: every process must call
+    it, each sharded tensor is gathered once, and tied names share the one gathered tensor
+    (so the tie is stored once)."""
     from torch.distributed.tensor import DTensor
 
-    root = unwrap(model)
-    gathered: dict[int, torch.Tensor] = {}
+    gathered: dict[int, torch.Tensor | None] = {}
     out = {}
-    for name, t in root.state_dict(keep_vars=True).items():
-        if id(t) not in gathered:
+    for name, t in unwrap(model).state_dict(keep_vars=True).items():
+        if id(t) not in gathered:  # the same order on every process: the same collectives
             full = t.full_tensor() if isinstance(t, DTensor) else t
-            gathered[id(t)] = full.detach().cpu()
-        out[name] = gathered[id(t)]
+            gathered[id(t)] = full.detach().cpu() if keep else None
+        if keep:
+            out[name] = gathered[id(t)]
     return out

@@ -35,10 +35,6 @@ OPTIMIZER_FORMAT = "tinylm-optimizer-1"
 _OLD_OPTIMIZER_FILE = "optimizer.bin"  # accelerate's, before tinylm-optimizer-1
 
 
-class StateFileError(RuntimeError):
-    """A resume-state file that is missing, corrupt or does not fit the run; names the file."""
-
-
 def _raw(optimizers: list) -> list[torch.optim.Optimizer]:
     return [getattr(o, "optimizer", o) for o in optimizers]  # accelerate's wrapper
 
@@ -73,13 +69,13 @@ def read_optimizer(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != OPTIMIZER_FORMAT:
-                raise StateFileError(f"{path}: format {meta.get('format')!r}, expected {OPTIMIZER_FORMAT}")
+                raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {OPTIMIZER_FORMAT}")
             state: dict[str, dict] = {}
             for key in f.keys():
                 _, name, entry = key.split("/", 2)
                 state.setdefault(name, {})[entry] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as e:
-        raise StateFileError(f"{path}: corrupt or unreadable optimizer state ({e})") from None
+        raise CheckpointError(f"{path}: corrupt or unreadable optimizer state ({e})") from None
     for key, value in json.loads(meta["scalars"]).items():
         name, entry = key.split("/", 1)
         state.setdefault(name, {})[entry] = value
@@ -104,14 +100,14 @@ def load_optimizer(model: torch.nn.Module, optimizers: list, state_dir: Path) ->
     saved = {n for g in state["param_groups"] for n in g["params"]}
     have = {n for n, _ in unwrap(model).named_parameters()}
     if saved != have:
-        raise StateFileError(f"{path}: optimizer state for {len(saved)} parameters does not fit "
+        raise CheckpointError(f"{path}: optimizer state for {len(saved)} parameters does not fit "
                              f"this model's {len(have)} (e.g. {sorted(saved ^ have)[:2]}); resume with "
                              "the same model and optim.name, or use checkpoint.init_from")
     try:
         set_optimizer_state_dict(unwrap(model), _raw(optimizers), state,
                                  options=StateDictOptions(full_state_dict=True))
     except (KeyError, ValueError, RuntimeError) as e:
-        raise StateFileError(f"{path}: does not fit this run's optimizers ({e}); resume with the "
+        raise CheckpointError(f"{path}: does not fit this run's optimizers ({e}); resume with the "
                              "same optim.name, or use checkpoint.init_from to keep the weights only") from None
 
 
@@ -122,11 +118,11 @@ def _load_old_optimizer(model: torch.nn.Module, optimizers: list, state_dir: Pat
              for i in range(len(optimizers))]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise StateFileError(f"{missing[0]}: no optimizer state in {state_dir} ({OPTIMIZER_FILE} "
+        raise CheckpointError(f"{missing[0]}: no optimizer state in {state_dir} ({OPTIMIZER_FILE} "
                              "or accelerate's optimizer.bin); resume from another checkpoint or "
                              "use checkpoint.init_from to keep the weights only")
     if is_sharded(model):
-        raise StateFileError(f"{files[0]}: a checkpoint of tinylm before the strategy-free "
+        raise CheckpointError(f"{files[0]}: a checkpoint of tinylm before the strategy-free "
                              "optimizer format resumes under parallel.strategy=ddp only; resume "
                              "with ddp, save, then switch to fsdp2")
     for opt, f in zip(_raw(optimizers), files):

@@ -155,7 +155,7 @@ class Trainer:
                                      self.data.tokenizer_path).summary())
         self.teacher = self._load_teacher()
         self.model, self.optimizers = wrap(self.raw_model, acc, cfg.parallel, o, self.print)
-        self.print(f"parallel: {describe(self.model, cfg.parallel.strategy, acc.num_processes)}")
+        self.print(f"parallel: {describe(self.model, acc.num_processes)}")
         self.state = TrainState()
         if resume_from is not None:
             self.state.load_state_dict(self.checkpointer.restore_state(

@@ -1,11 +1,13 @@
 """accelerate's own FSDP2 wrapping (the path tinylm takes on several GPUs) applied on CPU ranks:
-does tinylm's grouping check accept it, and does the tie survive a few real steps?
+does tinylm's grouping check accept it, and does the tie survive a few real steps? And the
+check's other side: a grouping that gives lm_head a group of its own must be refused.
 
     accelerate launch --config_file configs/accelerate/cpu-2proc.yaml accelerate_fsdp2_grouping.py
 
 accelerate ignores its FSDP plugin on CPU (environment notes), so this calls the function its
 ``prepare`` calls on GPUs, ``accelerate.utils.fsdp_utils.fsdp2_prepare_model``, with the very
-plugin ``tinylm.parallel.make_plugin`` builds. Prints "RESULT <json>" on each rank.
+plugin tinylm builds (``tinylm.parallel.fsdp2_plugin``). Prints "RESULT <json>" on each rank: what it
+saw, or the error that stopped it.
 """
 
 import json
@@ -15,26 +17,54 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-from accelerate import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+from torch.distributed.fsdp import fully_shard
 
 from tinylm.model import GPT, GPTConfig
-from tinylm.parallel import check_grouping, tie_group_label
-from tinylm.tying import check_ties
+from tinylm.parallel import ParallelConfig, check_grouping, fsdp2_plugin, tie_group_label
+from tinylm.tying import TieError, check_ties
+
+
+def tiny() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=100, n_layer=2, n_head=2, n_embd=32, block_size=16))
+
+
+def split_grouping_refused() -> str:
+    """Blocks, then lm_head alone, then the root: torch 2.13 accepts this and gives the head
+    its own sharded copy of the matrix. check_grouping must refuse it; returns its error."""
+    model = tiny()
+    for block in model.layers:
+        fully_shard(block)
+    fully_shard(model.lm_head)
+    fully_shard(model)
+    try:
+        check_grouping(model)
+    except TieError as e:
+        return str(e)
+    return ""
+
+
+def report(result: dict) -> None:
+    sys.stdout.flush()
+    os.write(1, ("RESULT " + json.dumps(result) + "\n").encode())
 
 
 def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    plugin = FullyShardedDataParallelPlugin(  # make_plugin's settings (it only builds on CUDA)
-        fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-        transformer_cls_names_to_wrap=["Block"], reshard_after_forward=True,
-        state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False)
+    try:
+        report({"rank": rank, "world": dist.get_world_size(), **run(rank)})
+    except Exception as e:  # report, don't crash: the test reads each rank's outcome
+        report({"rank": rank, "error": f"{type(e).__name__}: {e}"})
+    dist.destroy_process_group()
+
+
+def run(rank: int) -> dict:
+    plugin = fsdp2_plugin(ParallelConfig(strategy="fsdp2"))  # what make_plugin gives on CUDA
     acc = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no",
                           is_main_process=rank == 0, device=torch.device("cpu"))
-    torch.manual_seed(0)
-    model = fsdp2_prepare_model(acc, GPT(GPTConfig(vocab_size=100, n_layer=2, n_head=2,
-                                                   n_embd=32, block_size=16)))
+    model = fsdp2_prepare_model(acc, tiny())
     check_grouping(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(rank)
@@ -47,12 +77,10 @@ def main() -> None:
         opt.zero_grad()
         losses.append(loss.item())
     check_ties(model)
-    result = {"rank": rank, "world": dist.get_world_size(), "label": tie_group_label(model),
-              "tied_is_one": model.embed_tokens.weight is model.lm_head.weight,
-              "dtensor": type(model.embed_tokens.weight).__name__, "losses": losses}
-    sys.stdout.flush()
-    os.write(1, ("RESULT " + json.dumps(result) + "\n").encode())
-    dist.destroy_process_group()
+    return {"label": tie_group_label(model),
+            "tied_is_one": model.embed_tokens.weight is model.lm_head.weight,
+            "dtensor": type(model.embed_tokens.weight).__name__, "losses": losses,
+            "split_refused": split_grouping_refused()}
 
 
 if __name__ == "__main__":
