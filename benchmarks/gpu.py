@@ -11,10 +11,13 @@ does not change the speed; nothing is downloaded):
   reach steady state); tokens/s and ms/step from metrics.jsonl after the first steps
   (compilation), peak GPU memory, MFU = tokens/s x flops_per_token / the card's dense bf16 peak
   (``tinylm.hardware``; an unknown card and every CPU get no MFU);
-- variants as ratios to base, in the same invocation: compile off, ``optim.adamw=foreach``
-  instead of fused, a batch twice the preset's, activation checkpointing (peak memory
-  against step time), and ``parallel.strategy=fsdp2`` (one process: tinylm's own
-  fully_shard on a 1-GPU mesh; its cost over DDP's plain module, and its sync check);
+- variants as ratios to base, in the same invocation, in this order (what a short lease
+  must not miss first): ``parallel.strategy=fsdp2`` (one process: tinylm's own fully_shard
+  on a 1-GPU mesh; its cost over DDP's plain module, and its sync check), compile off,
+  ``optim.adamw=foreach`` instead of fused, a batch twice the preset's, activation
+  checkpointing (peak memory against step time);
+- a run that fails is a row saying why (exit code, last stderr line), not the end of the
+  table; each run prints a progress line as it ends, so a cut-off call still reports;
 - generate: the base run's final checkpoint, batch 1 and 8, KV cache, tokens/s;
 - sync check: its ms (from the trainer's log lines) against the step time at the preset's
   ``sync_check.interval``.
@@ -62,10 +65,15 @@ def launch(name: str, overrides: list[str], args, work: Path) -> dict:
            f"log.interval={args.log_interval}", "log.wandb=disabled", "log.plot=false",
            *args.base_overrides, *overrides]
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=args.timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return failed(name, f"no exit within --timeout {args.timeout} s")
     if proc.returncode != 0:
-        raise SystemExit(f"error: run {name} failed ({' '.join(overrides) or 'base'}):\n"
-                         f"{proc.stderr[-3000:]}")
+        print(f"run {name} failed ({' '.join(overrides) or 'base'}):\n{proc.stderr[-3000:]}",
+              file=sys.stderr, flush=True)
+        lines = [x for x in proc.stderr.splitlines() if x.strip()]
+        return failed(name, f"exit {proc.returncode}: {lines[-1][:160] if lines else '?'}")
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     warm = train[len(train) // 4:] if len(train) >= 4 else train  # past compilation
@@ -80,6 +88,13 @@ def launch(name: str, overrides: list[str], args, work: Path) -> dict:
             "peak_gib": last.get("peak_mem_gib"), "wall_s": time.time() - t0,
             "sync_ms": statistics.median(checks) if checks else None,
             "checkpoint": sorted((run_dir / "checkpoints").glob("step-*"))[-1]}
+
+
+def failed(name: str, why: str) -> dict:
+    """A run that broke is a row saying so: one variant's failure must not cost the others'
+    figures (a GPU is lent for minutes, and the whole table is one device call)."""
+    print(f"run {name}: FAILED: {why}", flush=True)
+    return {"failed": why}
 
 
 def flops_per_token(ckpt: Path) -> float:
@@ -119,30 +134,45 @@ def table(args, work: Path) -> list[dict]:
     preset = load_config(PRESET, args.base_overrides)
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     card = torch.cuda.get_device_name() if device == "cuda" else None
-    variants = [("base", []), ("no compile", ["optim.compile=false"]),
+    # the order they run in: what a short lease must not miss comes first
+    variants = [("base", []), ("fsdp2", ["parallel.strategy=fsdp2"]),
+                ("no compile", ["optim.compile=false"]),
                 ("foreach AdamW", ["optim.adamw=foreach"]),
                 (f"batch {2 * preset.optim.batch_size}", [f"optim.batch_size={2 * preset.optim.batch_size}"]),
-                ("activation checkpointing", ["model.activation_checkpointing=true"]),
-                ("fsdp2", ["parallel.strategy=fsdp2"])]
+                ("activation checkpointing", ["model.activation_checkpointing=true"])]
     if args.dry_run:  # compiling even a tiny model takes longer than the whole dry run
         variants = [v for v in variants if v[0] != "no compile"]
-    runs = {name: launch(name.replace(" ", "-"), ov, args, work) for name, ov in variants}
+    runs = {}
+    for name, ov in variants:
+        runs[name] = r = launch(name.replace(" ", "-"), ov, args, work)
+        if "failed" not in r:
+            print(f"run {name}: {r['tokens_s']:,.0f} tokens/s, {r['ms_step']:.1f} ms/step, "
+                  f"peak {r['peak_gib']} GiB, {r['wall_s']:.0f} s", flush=True)
     base = runs["base"]
-    fpt = flops_per_token(base["checkpoint"])
+    fpt = flops_per_token(base["checkpoint"]) if "failed" not in base else None
     rows = []
     for (name, ov), r in zip(variants, runs.values()):
-        u = mfu(r["tokens_s"], fpt, card)
-        rows.append({"row": "train", "setting": name if not ov else " ".join(ov),
+        setting = name if not ov else " ".join(ov)
+        if "failed" in r:
+            rows.append({"row": "train", "setting": setting, "tokens/s": None, "ms/step": None,
+                         "x base": None, "peak GiB": None, "MFU": None,
+                         "note": f"FAILED: {r['failed']}"})
+            continue
+        rows.append({"row": "train", "setting": setting,
                      "tokens/s": r["tokens_s"], "ms/step": r["ms_step"],
-                     "x base": r["tokens_s"] / base["tokens_s"], "peak GiB": r["peak_gib"],
-                     "MFU": u, "note": f"launch to exit {r['wall_s']:.0f} s"})
-    for batch, tok_s in generation(base["checkpoint"], device):
-        rows.append({"row": "generate", "setting": f"batch {batch}, KV cache, fp32 weights", "tokens/s": tok_s,
-                     "ms/step": 1000 * batch / tok_s, "x base": None, "peak GiB": None,
-                     "MFU": None, "note": "100 new tokens per row"})
+                     "x base": r["tokens_s"] / base["tokens_s"] if fpt else None,
+                     "peak GiB": r["peak_gib"], "MFU": mfu(r["tokens_s"], fpt, card) if fpt else None,
+                     "note": f"launch to exit {r['wall_s']:.0f} s"})
+    if "failed" not in base:
+        for batch, tok_s in generation(base["checkpoint"], device):
+            rows.append({"row": "generate", "setting": f"batch {batch}, KV cache, fp32 weights",
+                         "tokens/s": tok_s, "ms/step": 1000 * batch / tok_s, "x base": None,
+                         "peak GiB": None, "MFU": None, "note": "100 new tokens per row"})
     interval = preset.sync_check.interval
     for name in ("base", "fsdp2"):
         r = runs[name]
+        if "failed" in r:
+            continue
         overhead = 100 * r["sync_ms"] / (interval * r["ms_step"]) if r["sync_ms"] else None
         rows.append({"row": "sync check", "setting": f"{name}, every {interval} steps (preset)",
                      "tokens/s": None, "ms/step": r["sync_ms"], "x base": None, "peak GiB": None,
