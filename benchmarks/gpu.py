@@ -18,7 +18,9 @@ does not change the speed; nothing is downloaded):
   checkpointing (peak memory against step time);
 - a run that fails is a row saying why (exit code, last stderr line), not the end of the
   table; each run prints a progress line as it ends, so a cut-off call still reports;
-- generate: the base run's final checkpoint, batch 1 and 8, KV cache, tokens/s;
+- generate: the base run's final checkpoint, batch 1 and 8, KV cache, tokens/s, the eager
+  one-token step and (CUDA) the same step replayed as a CUDA graph, with its greedy text
+  checked equal to eager's;
 - sync check: its ms (from the trainer's log lines) against the step time at the preset's
   ``sync_check.interval``.
 
@@ -106,8 +108,10 @@ def flops_per_token(ckpt: Path) -> float:
         return GPT(cfg).flops_per_token(cfg.block_size)
 
 
-def generation(ckpt: Path, device: str) -> list[tuple[int, float]]:
-    """(batch, tokens/s) at batch 1 and 8, KV cache, 100 new tokens per row, after a warm-up."""
+def generation(ckpt: Path, device: str) -> list[dict]:
+    """Rows of tokens/s at batch 1 and 8, KV cache, 100 new tokens per row, after a warm-up:
+    the eager one-token step, and on CUDA also the step replayed as a CUDA graph (its ratio to
+    eager, and whether its greedy text equals eager's on this checkpoint)."""
     from tinylm.evaluate import load_for_inference
     from tinylm.generate import generate
 
@@ -116,14 +120,28 @@ def generation(ckpt: Path, device: str) -> list[tuple[int, float]]:
     for batch in (1, 8):
         prompts = [f"The {w} of" for w in ("use", "name", "value", "end", "form", "list",
                                            "type", "call")][:batch]
-        generate(model, tok, prompts, 8, seed=0)  # warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        generate(model, tok, prompts, 100, temperature=1.0, seed=0, stop_at_eot=False)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        rows.append((batch, 100 * batch / (time.perf_counter() - t0)))
+        eager = None
+        for graph in ((False, True) if device == "cuda" else (False,)):
+            generate(model, tok, prompts, 8, seed=0, cuda_graph=graph)  # warm-up
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            generate(model, tok, prompts, 100, temperature=1.0, seed=0, stop_at_eot=False,
+                     cuda_graph=graph)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            tok_s = 100 * batch / (time.perf_counter() - t0)
+            note = "100 new tokens per row"
+            if graph:
+                same = generate(model, tok, prompts, 100, temperature=0, cuda_graph=True) == \
+                    generate(model, tok, prompts, 100, temperature=0, cuda_graph=False)
+                note += f"; greedy text {'equals' if same else 'DIFFERS FROM'} eager's"
+            rows.append({"row": "generate",
+                         "setting": f"batch {batch}, KV cache, {'CUDA graph' if graph else 'eager'}",
+                         "tokens/s": tok_s, "ms/step": 1000 * batch / tok_s,
+                         "x base": tok_s / eager if graph else None, "peak GiB": None,
+                         "MFU": None, "note": note})
+            eager = eager or tok_s
     return rows
 
 
@@ -142,6 +160,8 @@ def table(args, work: Path) -> list[dict]:
                 ("activation checkpointing", ["model.activation_checkpointing=true"])]
     if args.dry_run:  # compiling even a tiny model takes longer than the whole dry run
         variants = [v for v in variants if v[0] != "no compile"]
+    if args.only:
+        variants = [v for v in variants if v[0] in ("base", "fsdp2") or v[0] in args.only]
     runs = {}
     for name, ov in variants:
         runs[name] = r = launch(name.replace(" ", "-"), ov, args, work)
@@ -164,13 +184,10 @@ def table(args, work: Path) -> list[dict]:
                      "peak GiB": r["peak_gib"], "MFU": mfu(r["tokens_s"], fpt, card) if fpt else None,
                      "note": f"launch to exit {r['wall_s']:.0f} s"})
     if "failed" not in base:
-        for batch, tok_s in generation(base["checkpoint"], device):
-            rows.append({"row": "generate", "setting": f"batch {batch}, KV cache, fp32 weights",
-                         "tokens/s": tok_s, "ms/step": 1000 * batch / tok_s, "x base": None,
-                         "peak GiB": None, "MFU": None, "note": "100 new tokens per row"})
+        rows += generation(base["checkpoint"], device)
     interval = preset.sync_check.interval
     for name in ("base", "fsdp2"):
-        r = runs[name]
+        r = runs.get(name, {"failed": "not run"})
         if "failed" in r:
             continue
         overhead = 100 * r["sync_ms"] / (interval * r["ms_step"]) if r["sync_ms"] else None
@@ -193,6 +210,9 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--timeout", type=int, default=900, help="seconds per training run")
     p.add_argument("--keep", action="store_true", help="keep the runs' temp dir (GBs on a GPU)")
+    p.add_argument("--only", type=lambda x: x.split(","), default=None,
+                   help="comma-separated variants to run beside base and fsdp2 (e.g. 'no compile'); "
+                        "none: '' (a short lease)")
     args = p.parse_args()
     args.steps = args.steps if args.steps is not None else (12 if args.dry_run else 150)
     args.log_interval = 3 if args.dry_run else 10

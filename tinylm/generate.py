@@ -40,10 +40,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
 
+from tinylm.decode_graph import GraphedDecoder
 from tinylm.model import GPT, KVCache
 from tinylm.tokenizer import Tokenizer
 
@@ -216,12 +218,14 @@ def generate(
     use_cache: bool = True,
     stream: StreamCallback | None = None,
     stop_at_eot: bool = True,
+    cuda_graph: bool = True,
 ) -> list[str]:
     """Continue each prompt; return the generated texts (prompts not included), in order.
 
     See the module docstring for the context, stopping and streaming rules. ``stop_at_eot=False``
     lets a row run past end-of-text (benchmarks want fixed lengths); the token then shows as
-    ``<|endoftext|>`` in the text.
+    ``<|endoftext|>`` in the text. On a CUDA device the cached one-token step is replayed as a
+    CUDA graph (:mod:`tinylm.decode_graph`); ``cuda_graph=False`` runs it eagerly.
     """
     _check_args(temperature, top_k, top_p, max_new_tokens, stop)
     if not prompts:
@@ -252,6 +256,10 @@ def generate(
     try:
         with torch.inference_mode():  # no autograd bookkeeping: faster decoding
             cache = KVCache(cfg, B, device=device, dtype=model.lm_head.weight.dtype) if use_cache else None
+            step_fn = partial(model.decode_step, cache=cache)
+            if (use_cache and cuda_graph and device.type == "cuda"
+                    and cache.decode_weights(model) is not None):
+                step_fn = GraphedDecoder(model, cache).step
             length, logits = P, None
             for step in range(max_new_tokens):
                 if logits is None:  # first step, every step without a cache, or a re-start
@@ -269,7 +277,7 @@ def generate(
                         starts, logits = cut, None
                         continue
                 if use_cache:  # one new token per row: the model's lean one-token path
-                    logits = model.decode_step(seq[:, length - 1:length], cache)
+                    logits = step_fn(seq[:, length - 1:length])
                 else:
                     logits = None
     finally:

@@ -199,11 +199,15 @@ class KVCache:
             return Rotary(self.cos[self.pos:self.pos + T], self.sin[self.pos:self.pos + T])
         return Rotary(None, None, self.rotation(self.pos))
 
-    def rotation(self, pos: int) -> torch.Tensor:
-        """(D, D): rotary at position ``pos`` as one matrix (all built on first use)."""
+    def rotations(self) -> torch.Tensor:
+        """(max_len, D, D): rotary at every position as one matrix each, built on first use."""
         if self._matrices is None:
             self._matrices = rotation_matrices(self.cos, self.sin)
-        return self._matrices[pos]
+        return self._matrices
+
+    def rotation(self, pos: int) -> torch.Tensor:
+        """(D, D): rotary at position ``pos`` as one matrix."""
+        return self.rotations()[pos]
 
 
 # -- the block math, defined once: training, prefill and decoding steps all run block() --------
@@ -238,6 +242,37 @@ def block(x: torch.Tensor, weights: tuple[torch.Tensor, ...], heads: tuple[int, 
     gate, up = F.linear(F.rms_norm(x, (C,), norm2, eps), gate_up_w).chunk(2, dim=-1)
     h = F.linear(F.silu(gate) * up, down_w)
     return x + (F.dropout(h, dropout) if dropout else h)
+
+
+def decode_block(x: torch.Tensor, weights: tuple[torch.Tensor, ...],
+                 kv: tuple[torch.Tensor, torch.Tensor], rotation: torch.Tensor,
+                 pos: int | torch.Tensor, mask: torch.Tensor | None,
+                 heads: tuple[int, int, int], eps: float) -> torch.Tensor:
+    """:func:`block` for one new token per row, x (B, C), on the weights of
+    :meth:`KVCache.decode_weights` (out-projections transposed); writes this position's keys
+    and values into ``kv`` (this layer's cache slices, (B, KV, max_len, D)).
+
+    ``pos`` an int (:meth:`GPT.decode_step`): attend over the positions filled so far.
+    ``pos`` a (1,) device tensor (:mod:`tinylm.decode_graph`, fixed shapes for a CUDA graph):
+    write with ``index_copy_`` and attend over the whole cache, ``mask`` hiding what lies
+    past ``pos``."""
+    (H, KV, D), (B, C) = heads, x.shape
+    norm1, qkv_w, o_t, norm2, gate_up_w, down_t = weights
+    keys, values = kv
+    qkv = F.linear(torch.rms_norm(x, (C,), norm1, eps), qkv_w)  # (B, (H + 2KV) D)
+    qk = torch.mm(qkv[:, :(H + KV) * D].reshape(-1, D), rotation).view(B, H + KV, 1, D)
+    if isinstance(pos, int):
+        keys[:, :, pos] = qk[:, H:, 0]
+        values[:, :, pos] = qkv[:, (H + KV) * D:].view(B, KV, D)
+        keys, values = keys[:, :, :pos + 1], values[:, :, :pos + 1]
+    else:
+        keys.index_copy_(2, pos, qk[:, H:])
+        values.index_copy_(2, pos, qkv[:, (H + KV) * D:].view(B, KV, 1, D))
+    y = F.scaled_dot_product_attention(qk[:, :H], keys, values, attn_mask=mask,
+                                       enable_gqa=KV != H)
+    x = torch.addmm(x, y.view(B, H * D), o_t)
+    gate, up = F.linear(torch.rms_norm(x, (C,), norm2, eps), gate_up_w).chunk(2, dim=-1)
+    return torch.addmm(x, F.silu(gate).mul_(up), down_t)
 
 
 class Attention(nn.Module):
@@ -421,16 +456,8 @@ class GPT(TieGuarded):
         rotation, end = cache.rotation(pos), pos + 1
         mask = None if cache.pad_mask is None else cache.pad_mask[:, None, None, :end]
         x = F.embedding(ids.view(B), embed_w)  # (B, C)
-        for (norm1, qkv_w, o_t, norm2, gate_up_w, down_t), (keys, values) in zip(blocks, cache.layers):
-            qkv = F.linear(torch.rms_norm(x, (C,), norm1, eps), qkv_w)  # (B, (H + 2KV) D)
-            qk = torch.mm(qkv[:, :(H + KV) * D].reshape(-1, D), rotation).view(B, H + KV, 1, D)
-            keys[:, :, pos] = qk[:, H:, 0]
-            values[:, :, pos] = qkv[:, (H + KV) * D:].view(B, KV, D)
-            y = F.scaled_dot_product_attention(qk[:, :H], keys[:, :, :end], values[:, :, :end],
-                                               attn_mask=mask, enable_gqa=KV != H)
-            x = torch.addmm(x, y.view(B, H * D), o_t)
-            gate, up = F.linear(torch.rms_norm(x, (C,), norm2, eps), gate_up_w).chunk(2, dim=-1)
-            x = torch.addmm(x, F.silu(gate).mul_(up), down_t)
+        for weights, kv in zip(blocks, cache.layers):
+            x = decode_block(x, weights, kv, rotation, pos, mask, (H, KV, D), eps)
         cache.pos = end
         logits = torch.mm(torch.rms_norm(x, (C,), norm_w, eps), head_t)
         return logits[:, :c.vocab_size] if c.padded_vocab_size != c.vocab_size else logits

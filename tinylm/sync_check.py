@@ -7,9 +7,13 @@ non-deterministic reduction breaks that assumption silently: the ranks drift apa
 checkpoint saved from rank 0 no longer describes the model the others trained. Megatron hashes
 parameters across replicas; we hash parameters AND gradients of every tie group.
 
-Digests are exact: a BLAKE2b digest of the tensor's bytes (so a flipped bit in the last
-place is caught, which a float sum could miss or collide on), truncated to 63 bits to travel as
-an int64 through ``accelerator.gather`` (works on gloo and NCCL alike).
+Digests are exact: any changed byte changes them (a flipped bit in the last place is caught,
+which a float sum could miss or collide on). On a CPU it is a BLAKE2b digest of the tensor's
+bytes; on an accelerator the bytes are first folded where they live (:func:`fold`: exact
+integer sums, a flipped bit always changes them), so that 8 bytes per 64 KiB cross to the
+host instead of the whole tensor: the H200 check measured 320 ms per check for gpt2-small's
+tied matrix and its gradient when they were copied and hashed on the host. Truncated to 63
+bits to travel as an int64 through ``accelerator.gather`` (gloo and NCCL alike).
 
 Run it after the gradients are all-reduced (after backward on a sync step) and before the
 optimizer steps, so a mismatch stops the run before a corrupt update or checkpoint is made.
@@ -29,14 +33,52 @@ class TiedSyncError(RuntimeError):
     """Tied parameters or their gradients differ between processes."""
 
 
+BLOCK = 1 << 15  # 16-bit words per folded sum: (2^16 - 1) x (2^31 - 1) x 2^15 < 2^63
+CHUNK = 1 << 22  # words folded at a time: bounds the int64 temporaries (32 MiB each)
+_WEIGHTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _weights(device: torch.device) -> torch.Tensor:
+    """BLOCK fixed pseudo-random weights in [1, 2^31), the same on every machine
+    (a seeded CPU generator), one copy per device."""
+    if device not in _WEIGHTS:
+        g = torch.Generator().manual_seed(0x7117)
+        _WEIGHTS[device] = torch.randint(1, 2**31 - 1, (BLOCK,), generator=g,
+                                         dtype=torch.int64).to(device)
+    return _WEIGHTS[device]
+
+
+def fold(raw: torch.Tensor) -> torch.Tensor:
+    """Exact fold of a flat uint8 tensor into int64 sums, one per BLOCK 16-bit words, computed
+    on the tensor's device: sum_i w_i * word_i with position weights w_i >= 1.
+
+    Exact because every term and every sum fits in an int64 (no overflow, no rounding), so
+    the result does not depend on the order a GPU reduces in. A flipped bit moves one word by
+    +-2^k and its block's sum by +-2^k x w_i != 0: always detected; other changes collide only
+    if they cancel exactly under the weights."""
+    if raw.numel() % 2:
+        raw = torch.cat([raw, raw.new_zeros(1)])
+    words, w = raw.view(torch.int16), _weights(raw.device)
+    sums = []
+    for start in range(0, words.numel(), CHUNK):
+        x = words[start:start + CHUNK].to(torch.int64) & 0xFFFF
+        if x.numel() % BLOCK:
+            x = torch.cat([x, x.new_zeros(BLOCK - x.numel() % BLOCK)])
+        sums.append((x.view(-1, BLOCK) * w).sum(1))
+    return torch.cat(sums) if sums else raw.new_zeros(0, dtype=torch.int64)
+
+
 def tensor_digest(t: torch.Tensor | None) -> int:
-    """63-bit BLAKE2b digest of a tensor's bytes (dtype and shape included); 0 for None."""
+    """63-bit digest of a tensor's bytes (dtype and shape included); 0 for None. On a CPU the
+    bytes are hashed as they are (BLAKE2b is 2-4x faster there than :func:`fold`); elsewhere
+    they are folded on the device first and only the sums are hashed."""
     if t is None:
         return 0
     t = t.detach().contiguous()
-    raw = t.view(torch.uint8) if t.dtype != torch.bool else t.to(torch.uint8)
-    h = hashlib.blake2b(raw.cpu().numpy().tobytes(), digest_size=8)
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    raw = (t.view(torch.uint8) if t.dtype != torch.bool else t.to(torch.uint8)).reshape(-1)
+    data = raw if t.device.type == "cpu" else fold(raw).cpu()
+    h = hashlib.blake2b(data.numpy().tobytes(), digest_size=8)
+    h.update(f"{t.device.type == 'cpu'}{t.dtype}{tuple(t.shape)}".encode())
     return int.from_bytes(h.digest(), "little") >> 1
 
 

@@ -1,0 +1,86 @@
+"""The fixed-shape one-token step (what a CUDA graph replays) gives decode_step's logits and
+cache, on a padded batch, with grouped-query attention, across a re-prefill that replaces the
+pad mask; on a CUDA device, generate's graphed decoding gives the eager decoder's text (that
+test runs where a GPU is: benchmarks/gpu.py's machine)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinylm.decode_graph import GraphedDecoder
+from tinylm.model import GPT, GPTConfig, KVCache
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
+
+
+def _model(device: str = "cpu", **kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(**{"vocab_size": 100, "block_size": 16, "n_layer": 2, "n_head": 4,
+                       "n_embd": 32, "init_std": 0.3, **kw})
+    return GPT(cfg).to(device).eval()
+
+
+def _padded_cache(model: GPT, device: str, pad_row1: int) -> KVCache:
+    cache = KVCache(model.config, 2, device=device)
+    cache.pad_mask = torch.ones(2, cache.max_len, dtype=torch.bool, device=device)
+    cache.pad_mask[1, :pad_row1] = False
+    return cache
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 2}], ids=["mha", "gqa"])
+def test_fixed_shape_step_equals_decode_step(kw):
+    model = _model(**kw)
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
+    eager, fixed = _padded_cache(model, "cpu", 3), _padded_cache(model, "cpu", 3)
+    decoder = GraphedDecoder(model, fixed)
+    assert not decoder.use_graph  # a CPU runs the same step eagerly
+    with torch.inference_mode():
+        for cache in (eager, fixed):
+            model(ids[:, :5], cache=cache)
+        for t in range(5, 16):
+            a = model.decode_step(ids[:, t:t + 1], eager)
+            b = decoder.step(ids[:, t:t + 1])
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+            assert fixed.pos == eager.pos == t + 1
+        torch.testing.assert_close(fixed.k, eager.k, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fixed.v, eager.v, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="exceeds the context"):
+            decoder.step(ids[:, :1])  # full: decode_step's forward raises the overflow
+
+
+def test_a_new_pad_mask_after_a_re_prefill_is_read_at_the_next_step():
+    model = _model()
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(2))
+    fixed = _padded_cache(model, "cpu", 2)
+    decoder = GraphedDecoder(model, fixed)
+    with torch.inference_mode():
+        model(ids[:, :4], cache=fixed)
+        decoder.step(ids[:, 4:5])
+        fixed.pos = 0  # a re-prefill, as generate's window re-start does: a new mask object
+        fixed.pad_mask = _padded_cache(model, "cpu", 5).pad_mask
+        model(ids[:, :7], cache=fixed)
+        eager = _padded_cache(model, "cpu", 5)
+        model(ids[:, :7], cache=eager)
+        torch.testing.assert_close(decoder.step(ids[:, 7:8]),
+                                   model.decode_step(ids[:, 7:8], eager), rtol=1e-5, atol=1e-5)
+
+
+def test_a_hooked_model_is_refused():
+    model = _model()
+    model.layers[0].register_forward_hook(lambda *_: None)
+    with pytest.raises(ValueError, match="plain GPT"):
+        GraphedDecoder(model, KVCache(model.config, 1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_graphed_generation_equals_eager_on_cuda(tiny_run):
+    from tinylm.evaluate import load_for_inference
+    from tinylm.generate import generate
+
+    model, tok, _ = load_for_inference(tiny_run / "checkpoints" / "step-10", "cuda")
+    prompts = ["The quick fox", "A", "", "Once upon a time"]
+    for batch in (prompts[:1], prompts):  # the context passes several re-starts
+        graphed = generate(model, tok, batch, 3 * model.config.block_size, temperature=0)
+        assert graphed == generate(model, tok, batch, 3 * model.config.block_size,
+                                   temperature=0, cuda_graph=False)

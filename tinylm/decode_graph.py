@@ -1,0 +1,101 @@
+"""The one-token decoding step at fixed shapes, replayed on a GPU as one CUDA graph.
+
+Why: a batch-1 step of gpt2-small is ~200 kernels of a few microseconds each, and launching
+them one by one from Python is the step's whole cost: on an H200 the eager KV-cached decoder
+made 373 tokens/s (2.7 ms per token, ``benchmarks/gpu.py``, 2026-11-27), where the arithmetic
+takes tens of microseconds. A CUDA graph records the step's kernels once and launches them
+all with one call.
+
+A graph replays fixed addresses and shapes, so :class:`GraphedDecoder`'s step differs from
+:meth:`GPT.decode_step` in three ways, all inside :func:`tinylm.model.decode_block`:
+
+* the position is a (1,) device tensor, not a Python int: the cache write is an
+  ``index_copy_`` and the rotary matrix an ``index_select`` of the cache's table;
+* attention runs over the whole cache, with a mask hiding the positions past the current
+  one (they add exp(-inf) = 0 to the softmax: the same distribution, up to rounding);
+* the inputs (token ids, position, pad mask) are copied into buffers the graph reads.
+
+The same fixed-shape step runs eagerly on a CPU (tests compare it with ``decode_step``);
+only a CUDA device captures it. :func:`tinylm.generate.generate` uses it on CUDA for a plain
+:class:`GPT`, and keeps ``decode_step`` everywhere else (on a CPU the fixed-shape step only
+adds work: a longer attention, a mask).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tinylm.model import GPT, KVCache, decode_block
+
+WARMUP_STEPS = 2  # eager runs on a side stream before capture, as torch.cuda.graphs asks
+
+
+class GraphedDecoder:
+    """One generation's one-token step: ``step(ids)`` is ``model.decode_step(ids, cache)``,
+    captured as a CUDA graph on its first call when the model is on a CUDA device.
+
+    Bound to one cache (its key/value tensors are the graph's memory) and one batch size.
+    The pad mask is read from ``cache.pad_mask`` at every step, so a re-prefill that replaces
+    it (generate's window re-starts) needs no re-capture."""
+
+    def __init__(self, model: GPT, cache: KVCache) -> None:
+        weights = cache.decode_weights(model)
+        if weights is None:
+            raise ValueError("GraphedDecoder needs a plain GPT (no subclass, no module hooks)")
+        self.model, self.cache, self.weights = model, cache, weights
+        B, L, device = cache.k.shape[1], cache.max_len, cache.k.device
+        self.ids = torch.zeros(B, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.pad = torch.ones(B, L, dtype=torch.bool, device=device)
+        self.positions = torch.arange(L, device=device)
+        self.rotations = cache.rotations()  # (max_len, D, D): the step indexes it by position
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None  # the graph's output buffer
+        self.use_graph = device.type == "cuda"
+
+    def _step(self) -> torch.Tensor:
+        """The fixed-shape step on the buffers: logits (B, vocab_size)."""
+        c, cache = self.model.config, self.cache
+        embed_w, blocks, norm_w, head_t = self.weights
+        heads, eps = (c.n_head, c.kv_heads, c.head_dim), c.norm_eps
+        rotation = self.rotations.index_select(0, self.pos)[0]  # (D, D)
+        mask = ((self.positions <= self.pos) & self.pad)[:, None, None, :]  # (B, 1, 1, L)
+        x = F.embedding(self.ids.view(-1), embed_w)
+        for weights, kv in zip(blocks, cache.layers):
+            x = decode_block(x, weights, kv, rotation, self.pos, mask, heads, eps)
+        logits = torch.mm(torch.rms_norm(x, (c.n_embd,), norm_w, eps), head_t)
+        return logits[:, :c.vocab_size]
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # same position, same inputs: rewrites the same slot
+            for _ in range(WARMUP_STEPS):
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._step()
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, vocab_size) after one new token per row, ids (B, 1), at ``cache.pos``;
+        advances the cache. A full cache goes to ``decode_step``, which raises the overflow."""
+        cache = self.cache
+        if cache.pos >= cache.max_len:
+            return self.model.decode_step(ids, cache)
+        self.ids.copy_(ids)
+        self.pos.fill_(cache.pos)
+        if cache.pad_mask is None:
+            self.pad.fill_(True)
+        else:
+            self.pad.copy_(cache.pad_mask)
+        if not self.use_graph:
+            logits = self._step()
+        else:
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+            logits = self.logits.clone()  # the buffer is overwritten by the next replay
+        cache.pos += 1
+        return logits
