@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinylm.decode_graph import GraphedDecoder
+import gc
+
+from tinylm.decode_graph import _LAST, GraphedDecoder, graphed_decoder
 from tinylm.model import GPT, GPTConfig, KVCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
@@ -73,6 +75,26 @@ def test_a_hooked_model_is_refused():
         GraphedDecoder(model, KVCache(model.config, 1))
 
 
+def test_the_last_decoder_is_reused_until_the_batch_or_the_weights_change():
+    model = _model()
+    first = graphed_decoder(model, 2)
+    assert graphed_decoder(model, 2) is first  # the captured graph and its cache are kept
+    other = graphed_decoder(model, 3)
+    assert other is not first and other.cache.k.shape[1] == 3
+    model.double()  # the weights moved: a graph captured on the old ones would read garbage
+    again = graphed_decoder(model, 3)
+    assert again is not other and again.cache.k.dtype == torch.float64
+    assert graphed_decoder(model, 3) is again
+    model.layers[1].register_forward_pre_hook(lambda *_: None)
+    assert graphed_decoder(model, 3) is None  # hooks: generate falls back to decode_step
+    assert model not in _LAST
+    held = _model()
+    graphed_decoder(held, 1)
+    del held
+    gc.collect()
+    assert len(_LAST) == 0  # a decoder does not keep its model alive
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_graphed_generation_equals_eager_on_cuda(tiny_run):
     from tinylm.evaluate import load_for_inference
@@ -80,7 +102,8 @@ def test_graphed_generation_equals_eager_on_cuda(tiny_run):
 
     model, tok, _ = load_for_inference(tiny_run / "checkpoints" / "step-10", "cuda")
     prompts = ["The quick fox", "A", "", "Once upon a time"]
-    for batch in (prompts[:1], prompts):  # the context passes several re-starts
+    for batch in (prompts[:1], prompts, prompts[:1]):  # several re-starts; a new batch size
+        #  replaces the kept graph; the same batch twice reuses it (the last two calls below)
         graphed = generate(model, tok, batch, 3 * model.config.block_size, temperature=0)
         assert graphed == generate(model, tok, batch, 3 * model.config.block_size,
                                    temperature=0, cuda_graph=False)

@@ -17,18 +17,52 @@ A graph replays fixed addresses and shapes, so :class:`GraphedDecoder`'s step di
 
 The same fixed-shape step runs eagerly on a CPU (tests compare it with ``decode_step``);
 only a CUDA device captures it. :func:`tinylm.generate.generate` uses it on CUDA for a plain
-:class:`GPT`, and keeps ``decode_step`` everywhere else (on a CPU the fixed-shape step only
-adds work: a longer attention, a mask).
+:class:`GPT` (:func:`graphed_decoder`), and keeps ``decode_step`` everywhere else (on a CPU
+the fixed-shape step only adds work: a longer attention, a mask).
+
+A capture costs two eager steps and the capture itself: on the H200 that was most of a
+100-token generation's time when every ``generate`` call captured anew (1.8x over eager,
+not more). So the last decoder made for a model (its cache and graph) is kept beside the
+model and reused while the batch size and the weights it was captured on are the same.
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
-from tinylm.model import GPT, KVCache, decode_block
+from tinylm.model import GPT, KVCache, decode_block, is_plain
 
 WARMUP_STEPS = 2  # eager runs on a side stream before capture, as torch.cuda.graphs asks
+_LAST: "weakref.WeakKeyDictionary[GPT, GraphedDecoder]" = weakref.WeakKeyDictionary()
+
+
+def _weight_ptrs(model: GPT) -> tuple[int, ...]:
+    """Where the weights a graph reads live: a move, a cast or a re-tie changes it."""
+    tensors = [model.embed_tokens.weight, model.norm.weight, model.lm_head.weight]
+    tensors += [w for b in model.layers for w in b.weights()]
+    return tuple(t.data_ptr() for t in tensors)
+
+
+def graphed_decoder(model: GPT, batch: int) -> "GraphedDecoder | None":
+    """The decoder for a generation of ``batch`` rows on ``model`` (a CUDA device): the one
+    kept from the model's last generation when its batch size and weights' addresses are
+    unchanged (its cache is re-prefilled from position 0 by the caller), else a new one,
+    which replaces it (one cache per model stays allocated). None for a model that must run
+    as modules (a subclass, hooks)."""
+    last = _LAST.pop(model, None)  # (popped: a model that grew hooks keeps no graph)
+    if not is_plain(model):
+        return None
+    if last is not None and last.batch == batch and last.ptrs == _weight_ptrs(model):
+        _LAST[model] = last
+        return last
+    del last  # free the old cache and graph before allocating the new ones
+    cache = KVCache(model.config, batch, device=model.lm_head.weight.device,
+                    dtype=model.lm_head.weight.dtype)
+    _LAST[model] = decoder = GraphedDecoder(model, cache)
+    return decoder
 
 
 class GraphedDecoder:
@@ -37,14 +71,17 @@ class GraphedDecoder:
 
     Bound to one cache (its key/value tensors are the graph's memory) and one batch size.
     The pad mask is read from ``cache.pad_mask`` at every step, so a re-prefill that replaces
-    it (generate's window re-starts) needs no re-capture."""
+    it (generate's window re-starts) needs no re-capture. Holds the model's weights, not the
+    model (so :data:`_LAST` lets a model go)."""
 
     def __init__(self, model: GPT, cache: KVCache) -> None:
         weights = cache.decode_weights(model)
         if weights is None:
             raise ValueError("GraphedDecoder needs a plain GPT (no subclass, no module hooks)")
-        self.model, self.cache, self.weights = model, cache, weights
-        B, L, device = cache.k.shape[1], cache.max_len, cache.k.device
+        self.config, self.cache, self.weights = model.config, cache, weights
+        self.ptrs = _weight_ptrs(model)
+        self.batch = B = cache.k.shape[1]
+        L, device = cache.max_len, cache.k.device
         self.ids = torch.zeros(B, 1, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.pad = torch.ones(B, L, dtype=torch.bool, device=device)
@@ -56,7 +93,7 @@ class GraphedDecoder:
 
     def _step(self) -> torch.Tensor:
         """The fixed-shape step on the buffers: logits (B, vocab_size)."""
-        c, cache = self.model.config, self.cache
+        c, cache = self.config, self.cache
         embed_w, blocks, norm_w, head_t = self.weights
         heads, eps = (c.n_head, c.kv_heads, c.head_dim), c.norm_eps
         rotation = self.rotations.index_select(0, self.pos)[0]  # (D, D)
@@ -80,10 +117,11 @@ class GraphedDecoder:
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits (B, vocab_size) after one new token per row, ids (B, 1), at ``cache.pos``;
-        advances the cache. A full cache goes to ``decode_step``, which raises the overflow."""
+        advances the cache. A full cache raises what ``GPT.forward`` raises."""
         cache = self.cache
         if cache.pos >= cache.max_len:
-            return self.model.decode_step(ids, cache)
+            raise ValueError(f"sequence of {cache.pos + 1} tokens exceeds the context "
+                             f"({cache.max_len})")
         self.ids.copy_(ids)
         self.pos.fill_(cache.pos)
         if cache.pad_mask is None:

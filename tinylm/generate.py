@@ -45,7 +45,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from tinylm.decode_graph import GraphedDecoder
+from tinylm.decode_graph import graphed_decoder
 from tinylm.model import GPT, KVCache
 from tinylm.tokenizer import Tokenizer
 
@@ -255,11 +255,13 @@ def generate(
     model.eval()
     try:
         with torch.inference_mode():  # no autograd bookkeeping: faster decoding
-            cache = KVCache(cfg, B, device=device, dtype=model.lm_head.weight.dtype) if use_cache else None
-            step_fn = partial(model.decode_step, cache=cache)
-            if (use_cache and cuda_graph and device.type == "cuda"
-                    and cache.decode_weights(model) is not None):
-                step_fn = GraphedDecoder(model, cache).step
+            graphed = (graphed_decoder(model, B) if use_cache and cuda_graph
+                       and device.type == "cuda" else None)
+            if graphed is not None:
+                cache, step_fn = graphed.cache, graphed.step
+            else:
+                cache = KVCache(cfg, B, device=device, dtype=model.lm_head.weight.dtype) if use_cache else None
+                step_fn = partial(model.decode_step, cache=cache)
             length, logits = P, None
             for step in range(max_new_tokens):
                 if logits is None:  # first step, every step without a cache, or a re-start

@@ -176,9 +176,7 @@ class KVCache:
         when the model or a block is a subclass, or a module carries hooks (FSDP, tracing):
         those must be called as modules."""
         if self._weights is None:
-            mods = [model, model.embed_tokens, model.norm, model.lm_head, *model.layers]
-            plain = (type(model) is GPT and all(type(b) is Block for b in model.layers)
-                     and not any(m._forward_hooks or m._forward_pre_hooks for m in mods))
+            plain = is_plain(model)
             # Transposed views made once, not per step. On a CPU the head becomes a contiguous
             # (C, V) copy, one per generation: x @ W^T with W^T laid out by rows is ~1.8x
             # faster at batch 1 than F.linear there (docs/performance.md). GPU BLAS takes the
@@ -208,6 +206,14 @@ class KVCache:
     def rotation(self, pos: int) -> torch.Tensor:
         """(D, D): rotary at position ``pos`` as one matrix."""
         return self.rotations()[pos]
+
+
+def is_plain(model: "GPT") -> bool:
+    """Whether the lean one-token path may read ``model``'s weights directly: a GPT of plain
+    Blocks whose modules carry no hooks (FSDP, tracing and subclasses must run as modules)."""
+    mods = [model, model.embed_tokens, model.norm, model.lm_head, *model.layers]
+    return (type(model) is GPT and all(type(b) is Block for b in model.layers)
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in mods))
 
 
 # -- the block math, defined once: training, prefill and decoding steps all run block() --------
