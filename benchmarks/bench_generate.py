@@ -1,7 +1,7 @@
 """Generation speed: tokens/s and text bytes/s, with and without the KV cache, batch 1 and 8.
 
     python benchmarks/bench_generate.py [--checkpoint CKPT] [--new-tokens 200] [--repeat 3]
-                                        [--threads N]
+                                        [--threads N] [--compile]
 
 Shapes (without --checkpoint; random-init weights, which is fine for speed: the work per token
 does not depend on the values):
@@ -46,13 +46,13 @@ def prompts_from_docs(n: int) -> list[str]:
 
 
 def timed(model: GPT, tok: Tokenizer, prompts: list[str], new_tokens: int, use_cache: bool,
-          repeat: int) -> tuple[float, int, int]:
+          repeat: int, compile: bool = False) -> tuple[float, int, int]:
     """(best seconds, tokens generated, UTF-8 bytes of the generated text)."""
     best, out = float("inf"), []
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = generate(model, tok, prompts, new_tokens, temperature=1.0, seed=0,
-                       use_cache=use_cache, stop_at_eot=False)
+                       use_cache=use_cache, stop_at_eot=False, compile=compile)
         best = min(best, time.perf_counter() - t0)
     return best, new_tokens * len(prompts), sum(len(t.encode("utf-8")) for t in out)
 
@@ -82,6 +82,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; 1 (default) is fastest for these sizes and least "
                         "disturbed on shared cores")
+    p.add_argument("--compile", action="store_true",
+                   help="also the cached path with the one-token step compiled (generate(compile=True))")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=r"prompt \d+ has")  # a small context crops prompts
@@ -114,17 +116,27 @@ def main() -> None:
                   f"{no_b / no_s:>9.0f} | {'':>14} |")
             print(f"{row} {'yes':>5} | {yes_n / yes_s:>9.0f} | "
                   f"{yes_b / yes_s:>9.0f} | {(yes_b / yes_s) / (no_b / no_s):>13.1f}x |")
-            if yes_b != no_b:
-                print(f"  (note: cached and uncached texts differ in length, {yes_b} vs {no_b} bytes)")
+            if args.compile:  # the compile is paid once, in the warm-up (reported beside)
+                t0 = time.perf_counter()
+                generate(model, tok, prompts, 8, seed=0, compile=True)
+                compile_s = time.perf_counter() - t0
+                co_s, co_n, co_b = timed(model, tok, prompts, args.new_tokens, True, args.repeat, True)
+                print(f"{row} {'comp':>5} | {co_n / co_s:>9.0f} | {co_b / co_s:>9.0f} | "
+                      f"{(co_b / co_s) / (no_b / no_s):>13.1f}x | compiled in {compile_s:.1f} s")
+            if yes_b != no_b or (args.compile and co_b != no_b):
+                print(f"  (note: the texts differ in length: cached {yes_b}, uncached {no_b}"
+                      f"{f', compiled {co_b}' if args.compile else ''} bytes)")
             if name == "nanogpt" and batch == 1:
                 nano_s = timed_nanogpt(c, args.new_tokens, args.repeat)
                 print(f"| {'nanoGPT':<10} | {c.block_size:>5} | {1:>5} | {'no':>5} | "
                       f"{args.new_tokens / nano_s:>9.0f} | {args.new_tokens / nano_s:>9.0f} | {'':>14} |")
-                ratios.append(f"nanoGPT shape, batch 1: tinylm cached = "
-                              f"{(yes_n / yes_s) / (no_n / no_s):.2f}x tinylm uncached, "
-                              f"{(yes_n / yes_s) / (args.new_tokens / nano_s):.2f}x nanoGPT's "
-                              f"generate() in tokens/s, {(yes_b / yes_s) / (args.new_tokens / nano_s):.1f}x "
-                              "in text bytes/s")
+                for what, (s_, n_, b_) in [("cached", (yes_s, yes_n, yes_b))] + (
+                        [("cached+compiled", (co_s, co_n, co_b))] if args.compile else []):
+                    ratios.append(f"nanoGPT shape, batch 1: tinylm {what} = "
+                                  f"{(n_ / s_) / (no_n / no_s):.2f}x tinylm uncached, "
+                                  f"{(n_ / s_) / (args.new_tokens / nano_s):.2f}x nanoGPT's "
+                                  f"generate() in tokens/s, {(b_ / s_) / (args.new_tokens / nano_s):.1f}x "
+                                  "in text bytes/s")
     for line in ratios:
         print(line)
 

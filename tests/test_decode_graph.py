@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import gc
+import runpy
 
+from helpers import REPO
 from tinylm.decode_graph import _LAST, GraphedDecoder, graphed_decoder
 from tinylm.model import GPT, GPTConfig, KVCache
 
@@ -93,6 +95,29 @@ def test_the_last_decoder_is_reused_until_the_batch_or_the_weights_change():
     del held
     gc.collect()
     assert len(_LAST) == 0  # a decoder does not keep its model alive
+
+
+@pytest.mark.slow
+def test_compiled_cpu_generation_equals_eager_and_compiles_once(tiny_run, capsys):
+    """generate(compile=True) on a CPU: inductor's program for the fixed-shape step gives the
+    eager decoder's greedy text across window re-starts, and a second call with the same batch
+    reuses the compiled decoder (no second compile)."""
+    from tinylm.evaluate import load_for_inference
+    from tinylm.generate import generate
+
+    model, tok, _ = load_for_inference(tiny_run / "checkpoints" / "step-10")
+    n = 3 * model.config.block_size
+    prompts = ["The quick fox", "Once upon a time"]
+    compiled = generate(model, tok, prompts, n, temperature=0, compile=True)
+    decoder = _LAST[model]
+    assert decoder.compiled and decoder._run is not decoder._step
+    assert compiled == generate(model, tok, prompts, n, temperature=0)
+    assert generate(model, tok, prompts, n, temperature=0, compile=True) == compiled
+    assert _LAST[model] is decoder
+    main = runpy.run_path(str(REPO / "scripts" / "generate.py"), run_name="generate_script")["main"]
+    argv = ["--max-new-tokens", str(n), "--temperature", "0", "--compile"]
+    assert main([str(tiny_run / "checkpoints" / "step-10"), "--prompt", prompts[0], *argv]) == 0
+    assert capsys.readouterr().out == prompts[0] + compiled[0] + "\n"  # tinylm generate --compile
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

@@ -1,10 +1,14 @@
-"""The one-token decoding step at fixed shapes, replayed on a GPU as one CUDA graph.
+"""The one-token decoding step at fixed shapes, run as one graph: a CUDA graph on a GPU, and
+on a CPU, when asked, one torch.compile'd kernel program.
 
 Why: a batch-1 step of gpt2-small is ~200 kernels of a few microseconds each, and launching
 them one by one from Python is the step's whole cost: on an H200 the eager KV-cached decoder
 made 373 tokens/s (2.7 ms per token, ``benchmarks/gpu.py``, 2026-11-27), where the arithmetic
 takes tens of microseconds. A CUDA graph records the step's kernels once and launches them
-all with one call.
+all with one call. On a CPU the same holds at small widths (~60 ops of ~6 us at nanoGPT's
+shape): inductor fuses them into a few C++ loops called from C++ (``cpp_wrapper``), for
+~1.6x faster steps after ~10 s of compiling (docs/performance.md), which only a long
+generation repays: hence opt-in (``generate(..., compile=True)``, ``tinylm generate --compile``).
 
 A graph replays fixed addresses and shapes, so :class:`GraphedDecoder`'s step differs from
 :meth:`GPT.decode_step` in three ways, all inside :func:`tinylm.model.decode_block`:
@@ -15,10 +19,10 @@ A graph replays fixed addresses and shapes, so :class:`GraphedDecoder`'s step di
   one (they add exp(-inf) = 0 to the softmax: the same distribution, up to rounding);
 * the inputs (token ids, position, pad mask) are copied into buffers the graph reads.
 
-The same fixed-shape step runs eagerly on a CPU (tests compare it with ``decode_step``);
-only a CUDA device captures it. :func:`tinylm.generate.generate` uses it on CUDA for a plain
-:class:`GPT` (:func:`graphed_decoder`), and keeps ``decode_step`` everywhere else (on a CPU
-the fixed-shape step only adds work: a longer attention, a mask).
+The fixed-shape step also runs eagerly (tests compare it with ``decode_step``).
+:func:`tinylm.generate.generate` uses it, through :func:`graphed_decoder`, on CUDA for a plain
+:class:`GPT` and on a CPU with ``compile=True``, and keeps ``decode_step`` everywhere else
+(eagerly the fixed-shape step only adds work: a longer attention, a mask).
 
 A capture costs two eager steps and the capture itself: on the H200 that was most of a
 100-token generation's time when every ``generate`` call captured anew (1.8x over eager,
@@ -46,7 +50,7 @@ def _weight_ptrs(model: GPT) -> tuple[int, ...]:
     return tuple(t.data_ptr() for t in tensors)
 
 
-def graphed_decoder(model: GPT, batch: int) -> "GraphedDecoder | None":
+def graphed_decoder(model: GPT, batch: int, compile: bool = False) -> "GraphedDecoder | None":
     """The decoder for a generation of ``batch`` rows on ``model`` (a CUDA device): the one
     kept from the model's last generation when its batch size and weights' addresses are
     unchanged (its cache is re-prefilled from position 0 by the caller), else a new one,
@@ -55,26 +59,28 @@ def graphed_decoder(model: GPT, batch: int) -> "GraphedDecoder | None":
     last = _LAST.pop(model, None)  # (popped: a model that grew hooks keeps no graph)
     if not is_plain(model):
         return None
-    if last is not None and last.batch == batch and last.ptrs == _weight_ptrs(model):
+    if (last is not None and last.batch == batch and last.compiled == compile
+            and last.ptrs == _weight_ptrs(model)):
         _LAST[model] = last
         return last
     del last  # free the old cache and graph before allocating the new ones
     cache = KVCache(model.config, batch, device=model.lm_head.weight.device,
                     dtype=model.lm_head.weight.dtype)
-    _LAST[model] = decoder = GraphedDecoder(model, cache)
+    _LAST[model] = decoder = GraphedDecoder(model, cache, compile)
     return decoder
 
 
 class GraphedDecoder:
     """One generation's one-token step: ``step(ids)`` is ``model.decode_step(ids, cache)``,
-    captured as a CUDA graph on its first call when the model is on a CUDA device.
+    captured as a CUDA graph on its first call when the model is on a CUDA device, compiled
+    on its first call with ``compile=True`` elsewhere, else run eagerly.
 
     Bound to one cache (its key/value tensors are the graph's memory) and one batch size.
     The pad mask is read from ``cache.pad_mask`` at every step, so a re-prefill that replaces
     it (generate's window re-starts) needs no re-capture. Holds the model's weights, not the
     model (so :data:`_LAST` lets a model go)."""
 
-    def __init__(self, model: GPT, cache: KVCache) -> None:
+    def __init__(self, model: GPT, cache: KVCache, compile: bool = False) -> None:
         weights = cache.decode_weights(model)
         if weights is None:
             raise ValueError("GraphedDecoder needs a plain GPT (no subclass, no module hooks)")
@@ -90,6 +96,11 @@ class GraphedDecoder:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # the graph's output buffer
         self.use_graph = device.type == "cuda"
+        self.compiled = compile
+        self._run = self._step
+        if compile and not self.use_graph:  # fixed shapes: one compile, no recompiles
+            self._run = torch.compile(self._step, dynamic=False, fullgraph=True,
+                                      options={"cpp_wrapper": True})
 
     def _step(self) -> torch.Tensor:
         """The fixed-shape step on the buffers: logits (B, vocab_size)."""
@@ -129,7 +140,7 @@ class GraphedDecoder:
         else:
             self.pad.copy_(cache.pad_mask)
         if not self.use_graph:
-            logits = self._step()
+            logits = self._run()
         else:
             if self.graph is None:
                 self._capture()

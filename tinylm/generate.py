@@ -219,13 +219,16 @@ def generate(
     stream: StreamCallback | None = None,
     stop_at_eot: bool = True,
     cuda_graph: bool = True,
+    compile: bool = False,
 ) -> list[str]:
     """Continue each prompt; return the generated texts (prompts not included), in order.
 
     See the module docstring for the context, stopping and streaming rules. ``stop_at_eot=False``
     lets a row run past end-of-text (benchmarks want fixed lengths); the token then shows as
     ``<|endoftext|>`` in the text. On a CUDA device the cached one-token step is replayed as a
-    CUDA graph (:mod:`tinylm.decode_graph`); ``cuda_graph=False`` runs it eagerly.
+    CUDA graph (:mod:`tinylm.decode_graph`); ``cuda_graph=False`` runs it eagerly. On a CPU,
+    ``compile=True`` compiles that step (seconds, once per model and batch size in a
+    process; worth it for long generations only).
     """
     _check_args(temperature, top_k, top_p, max_new_tokens, stop)
     if not prompts:
@@ -255,8 +258,9 @@ def generate(
     model.eval()
     try:
         with torch.inference_mode():  # no autograd bookkeeping: faster decoding
-            graphed = (graphed_decoder(model, B) if use_cache and cuda_graph
-                       and device.type == "cuda" else None)
+            graphed = None
+            if use_cache and (cuda_graph if device.type == "cuda" else compile):
+                graphed = graphed_decoder(model, B, compile=compile and device.type != "cuda")
             if graphed is not None:
                 cache, step_fn = graphed.cache, graphed.step
             else:

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=None, help="stop at this string (repeatable)")
     p.add_argument("--no-cache", action="store_true", help="recompute the window every token")
+    p.add_argument("--compile", action="store_true",
+                   help="CPU: torch.compile the one-token step (~10 s once; ~1.6x faster steps "
+                        "at small widths; for long generations). GPUs replay it as a CUDA graph anyway")
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     texts = generate(model, tokenizer, prompts, args.max_new_tokens, temperature=args.temperature,
                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
-                     use_cache=not args.no_cache, stream=stream)
+                     use_cache=not args.no_cache, stream=stream, compile=args.compile)
     if not shown:
         sys.stdout.write(prompts[0])
     for prompt, text in zip(prompts[1:], texts[1:]):
