@@ -83,6 +83,15 @@ def test_the_last_decoder_is_reused_until_the_batch_or_the_weights_change():
     assert graphed_decoder(model, 2) is first  # the captured graph and its cache are kept
     other = graphed_decoder(model, 3)
     assert other is not first and other.cache.k.shape[1] == 3
+    with torch.no_grad():  # an optimizer step: in place, same addresses, new values
+        for w in model.parameters():
+            w.mul_(1.5)
+    assert graphed_decoder(model, 3) is other
+    ids = torch.randint(0, 100, (3, 1))
+    with torch.inference_mode():
+        eager = KVCache(model.config, 3)
+        other.cache.pos = eager.pos = 0
+        torch.testing.assert_close(other.step(ids), model.decode_step(ids, eager))  # not stale
     model.double()  # the weights moved: a graph captured on the old ones would read garbage
     again = graphed_decoder(model, 3)
     assert again is not other and again.cache.k.dtype == torch.float64

@@ -61,6 +61,7 @@ def graphed_decoder(model: GPT, batch: int, compile: bool = False) -> "GraphedDe
         return None
     if (last is not None and last.batch == batch and last.compiled == compile
             and last.ptrs == _weight_ptrs(model)):
+        last.refresh(model)
         _LAST[model] = last
         return last
     del last  # free the old cache and graph before allocating the new ones
@@ -101,6 +102,14 @@ class GraphedDecoder:
         if compile and not self.use_graph:  # fixed shapes: one compile, no recompiles
             self._run = torch.compile(self._step, dynamic=False, fullgraph=True,
                                       options={"cpp_wrapper": True})
+
+    def refresh(self, model: GPT) -> None:
+        """Bring the copies among the weights up to date: on a CPU the head is a transposed
+        copy (``KVCache.decode_weights``), stale once training updates the model in place.
+        Copied into the same buffer, so a compiled program or graph keeps reading it."""
+        head_t, weight = self.weights[3], model.lm_head.weight
+        if head_t.data_ptr() != weight.data_ptr():
+            head_t.copy_(weight.t())
 
     def _step(self) -> torch.Tensor:
         """The fixed-shape step on the buffers: logits (B, vocab_size)."""
