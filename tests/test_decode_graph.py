@@ -13,7 +13,8 @@ import runpy
 
 from helpers import REPO
 from tinylm.decode_graph import _LAST, GraphedDecoder, graphed_decoder
-from tinylm.model import GPT, GPTConfig, KVCache
+from tinylm.kv_cache import KVCache
+from tinylm.model import GPT, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one thread
 

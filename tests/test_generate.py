@@ -22,7 +22,8 @@ import torch
 from helpers import REPO, quiet_env
 from tinylm.evaluate import load_for_inference
 from tinylm.generate import _Row, _take, generate, sample_next
-from tinylm.model import GPT, GPTConfig, KVCache
+from tinylm.kv_cache import KVCache
+from tinylm.model import GPT, GPTConfig
 from tinylm.tokenizer import EOT, Tokenizer
 
 SCRIPT = REPO / "scripts" / "generate.py"

@@ -1,11 +1,12 @@
-"""The GPT: shapes, causality, init loss, KV cache, size and cost accounting."""
+"""The GPT: shapes, causality, init loss, size and cost accounting (its KV cache:
+test_kv_cache.py; rotary: test_rotary.py)."""
 
 import math
 
 import pytest
 import torch
 
-from tinylm.model import GPT, GPTConfig, KVCache
+from tinylm.model import GPT, GPTConfig
 
 
 def make(**kw) -> GPT:
@@ -40,26 +41,6 @@ def test_init_loss_is_about_ln_vocab():
     assert abs(loss.item() - math.log(4096)) < 0.1, loss.item()
 
 
-@pytest.mark.parametrize("n_kv_head", [None, 2, 1])
-def test_kv_cache_decoding_equals_full_recomputation(n_kv_head):
-    """Also with grouped-query attention: 4 query heads sharing 2 or 1 key/value heads, whose
-    cache is 2 or 4 times smaller."""
-    model = make(n_kv_head=n_kv_head)
-    x = torch.randint(0, 101, (2, 20))
-    full = model(x)
-    cache = KVCache(model.config, batch_size=2)
-    parts = [model(x[:, :7], cache=cache)]  # prefill
-    parts += [model(x[:, t:t + 1], cache=cache) for t in range(7, 12)]  # one token at a time
-    parts.append(model(x[:, 12:], cache=cache))  # a chunk after a prefix
-    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-5)
-    assert cache.pos == 20 and cache.k.shape[2] == (n_kv_head or 4)
-    with torch.inference_mode():  # the lean one-token path too
-        cache = KVCache(model.config, batch_size=2)
-        model(x[:, :7], cache=cache)
-        steps = [model.decode_step(x[:, t:t + 1], cache) for t in range(7, 20)]
-    torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 7:], rtol=1e-4, atol=1e-5)
-
-
 def test_gqa_shrinks_the_kv_projection_and_n_kv_head_equal_to_n_head_is_the_default():
     full, gqa = make(), make(n_kv_head=1)
     assert full.layers[0].self_attn.qkv_proj.weight.shape == (3 * 32, 32)
@@ -70,23 +51,6 @@ def test_gqa_shrinks_the_kv_projection_and_n_kv_head_equal_to_n_head_is_the_defa
     assert torch.equal(same(x), full(x))
     with pytest.raises(ValueError, match="n_kv_head=3 must divide n_head=4"):
         make(n_kv_head=3)
-
-
-def test_kv_cache_left_padding_matches_unpadded():
-    model = make()
-    short, long_ = torch.randint(0, 101, (1, 5)), torch.randint(0, 101, (1, 9))
-    batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long_])
-    cache = KVCache(model.config, batch_size=2)
-    cache.pad_mask = torch.ones(2, cache.max_len, dtype=torch.bool)
-    cache.pad_mask[0, :4] = False
-    out = model(batch, cache=cache)
-    step = model(torch.tensor([[3], [4]]), cache=cache)
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out[0, 4:], model(short)[0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(step[0, 0], model(torch.cat([short, torch.tensor([[3]])], 1))[0, -1],
-                               rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(step[1, 0], model(torch.cat([long_, torch.tensor([[4]])], 1))[0, -1],
-                               rtol=1e-4, atol=1e-5)
 
 
 def test_context_overflow_is_an_error():

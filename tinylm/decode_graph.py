@@ -11,7 +11,7 @@ shape): inductor fuses them into a few C++ loops called from C++ (``cpp_wrapper`
 generation repays: hence opt-in (``generate(..., compile=True)``, ``tinylm generate --compile``).
 
 A graph replays fixed addresses and shapes, so :class:`GraphedDecoder`'s step differs from
-:meth:`GPT.decode_step` in three ways, all inside :func:`tinylm.model.decode_block`:
+:meth:`GPT.decode_step` in three ways, all inside :func:`tinylm.kv_cache.decode_block`:
 
 * the position is a (1,) device tensor, not a Python int: the cache write is an
   ``index_copy_`` and the rotary matrix an ``index_select`` of the cache's table;
@@ -37,7 +37,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from tinylm.model import GPT, KVCache, decode_block, is_plain
+from tinylm.kv_cache import KVCache, decode_block
+from tinylm.model import GPT, is_plain
 
 WARMUP_STEPS = 2  # eager runs on a side stream before capture, as torch.cuda.graphs asks
 _LAST: "weakref.WeakKeyDictionary[GPT, GraphedDecoder]" = weakref.WeakKeyDictionary()

@@ -46,7 +46,8 @@ from typing import Callable, Sequence
 import torch
 
 from tinylm.decode_graph import graphed_decoder
-from tinylm.model import GPT, KVCache
+from tinylm.kv_cache import KVCache
+from tinylm.model import GPT
 from tinylm.tokenizer import Tokenizer
 
 StreamCallback = Callable[[int, str], None]

@@ -6,9 +6,10 @@ names follow Llama's (``embed_tokens``, ``layers.i.self_attn``, ``mlp``, ``norm`
 ``lm_head``) except that q/k/v and gate/up are fused into one matmul each for speed (an export
 splits them back), and rotary uses Llama's rotate-half layout.
 
-Reads top to bottom: config, rotary, the KV cache, the block math (:func:`block`, defined
-once: training, prefill and :meth:`GPT.decode_step` all run it), the modules that hold the
-weights, the model. Vocab padding lives here too: ``vocab_size`` is the tokenizer's, the tied
+Reads top to bottom: config, the block math (:func:`block`, defined once: training, prefill
+and, specialised to one token in :func:`tinylm.kv_cache.decode_block`, :meth:`GPT.decode_step`
+all run it), the modules that hold the weights, the model. Rotary positions live in
+:mod:`tinylm.rotary`, the KV cache in :mod:`tinylm.kv_cache`. Vocab padding lives here too: ``vocab_size`` is the tokenizer's, the tied
 matrix has ``padded_vocab_size`` rows, and logits have exactly ``vocab_size`` columns.
 """
 
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from tinylm.kv_cache import KVCache, decode_block
+from tinylm.rotary import Rotary, rotary_cos_sin
 from tinylm.tying import TieGuarded, tie
 
 
@@ -85,55 +88,6 @@ class GPTConfig:
         return asdict(self)
 
 
-def rotary_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for the given absolute positions, computed in fp32 then cast.
-
-    Computed per forward in training (a (T, head_dim) outer product, negligible) rather than
-    kept as buffers, so ``.to(bfloat16)`` cannot degrade them and nothing caps the length; a
-    :class:`KVCache` computes them once per generation.
-    """
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    freqs = torch.outer(positions.float(), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def rotation_matrices(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """(T, D, D) matrices with ``x @ m[t] == x * cos[t] + rotate_half(x) * sin[t]``."""
-    d = cos.size(-1)
-    eye = torch.eye(d, device=cos.device, dtype=cos.dtype)
-    half = torch.cat((-eye[:, d // 2:], eye[:, :d // 2]), dim=-1)  # rows rotate basis vectors
-    return eye * cos[:, None, :] + half * sin[:, None, :]
-
-
-class Rotary:
-    """Rotates queries and keys by their positions; Llama's rotate-half layout.
-
-    q and k are rotated together, as the fused projection lays them out: (B, T, 2, H, D).
-    For one new position (a decoding step) ``matrix`` (D, D) does it in one matmul instead of
-    a handful of tiny elementwise kernels per layer, which is most of a batch-1 step's cost on
-    a CPU. Both forms are the same rotation.
-    """
-
-    def __init__(self, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                 matrix: torch.Tensor | None = None) -> None:
-        self.cos, self.sin, self.matrix = cos, sin, matrix  # (T, D) each, or one (D, D)
-
-    def __call__(self, qk: torch.Tensor, n_q: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, n_q + n_kv, D), the q heads then the k heads -> rotated q (B, n_q, T, D)
-        and k (B, n_kv, T, D)."""
-        B, T, heads, D = qk.shape
-        if self.matrix is not None:  # one position: everything else folds into one mm
-            out = torch.mm(qk.reshape(-1, D), self.matrix).view(B, heads, 1, D)
-            return out.split([n_q, heads - n_q], dim=1)
-        cos, sin = self.cos[:, None, :], self.sin[:, None, :]  # over the heads
-        x1, x2 = qk.chunk(2, dim=-1)
-        out = qk * cos + torch.cat((-x2, x1), dim=-1) * sin
-        return out.transpose(1, 2).split([n_q, heads - n_q], dim=1)
-
-
 class RMSNorm(nn.Module):
     """RMSNorm with a learned scale: cheaper than LayerNorm and what Llama uses."""
 
@@ -144,68 +98,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
-
-
-class KVCache:
-    """Keys and values of every layer for incremental decoding.
-
-    Preallocated to ``max_len`` so decoding appends in place, with the rotary tables of every
-    position computed once. ``pad_mask`` (B, max_len), True for real tokens, lets a batch of
-    left-padded prompts decode together: rotary attention depends only on relative positions,
-    so left padding needs no per-row position ids.
-    """
-
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None,
-                 device=None, dtype: torch.dtype = torch.float32) -> None:
-        self.max_len = max_len or config.block_size
-        shape = (config.n_layer, batch_size, config.kv_heads, self.max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.layers = [(self.k[i], self.v[i]) for i in range(config.n_layer)]  # views, once
-        self.cos, self.sin = rotary_cos_sin(torch.arange(self.max_len, device=device),
-                                            config.head_dim, config.rope_theta, dtype)
-        self.pos = 0  # number of positions already filled
-        self.pad_mask: torch.Tensor | None = None
-        self._matrices: torch.Tensor | None = None  # built on the first one-token step
-        self._weights: tuple | None = None  # the model's weights, for decoding steps
-
-    def decode_weights(self, model: "GPT") -> tuple | None:
-        """(embedding, each block's weights, final norm, head) of ``model``, gathered on the
-        first decoding step for :meth:`GPT.decode_step` (the model's own tensors and views of
-        them; on a CPU the head is also copied once, transposed). None
-        when the model or a block is a subclass, or a module carries hooks (FSDP, tracing):
-        those must be called as modules."""
-        if self._weights is None:
-            plain = is_plain(model)
-            # Transposed views made once, not per step. On a CPU the head becomes a contiguous
-            # (C, V) copy, one per generation: x @ W^T with W^T laid out by rows is ~1.8x
-            # faster at batch 1 than F.linear there (docs/performance.md). GPU BLAS takes the
-            # transposed view as it is, so no copy is made there.
-            self._weights = ()
-            if plain:
-                blocks = [(n1, qkv, o.t(), n2, gu, down.t())
-                          for n1, qkv, o, n2, gu, down in (b.weights() for b in model.layers)]
-                head_t = model.lm_head.weight.t()
-                if head_t.device.type == "cpu":
-                    head_t = head_t.contiguous()
-                self._weights = (model.embed_tokens.weight, blocks, model.norm.weight, head_t)
-        return self._weights or None
-
-    def rotary(self, T: int) -> Rotary:
-        """The rotation for the next ``T`` positions; a one-token step gets its matrix."""
-        if T != 1:
-            return Rotary(self.cos[self.pos:self.pos + T], self.sin[self.pos:self.pos + T])
-        return Rotary(None, None, self.rotation(self.pos))
-
-    def rotations(self) -> torch.Tensor:
-        """(max_len, D, D): rotary at every position as one matrix each, built on first use."""
-        if self._matrices is None:
-            self._matrices = rotation_matrices(self.cos, self.sin)
-        return self._matrices
-
-    def rotation(self, pos: int) -> torch.Tensor:
-        """(D, D): rotary at position ``pos`` as one matrix."""
-        return self.rotations()[pos]
 
 
 def is_plain(model: "GPT") -> bool:
@@ -248,37 +140,6 @@ def block(x: torch.Tensor, weights: tuple[torch.Tensor, ...], heads: tuple[int, 
     gate, up = F.linear(F.rms_norm(x, (C,), norm2, eps), gate_up_w).chunk(2, dim=-1)
     h = F.linear(F.silu(gate) * up, down_w)
     return x + (F.dropout(h, dropout) if dropout else h)
-
-
-def decode_block(x: torch.Tensor, weights: tuple[torch.Tensor, ...],
-                 kv: tuple[torch.Tensor, torch.Tensor], rotation: torch.Tensor,
-                 pos: int | torch.Tensor, mask: torch.Tensor | None,
-                 heads: tuple[int, int, int], eps: float) -> torch.Tensor:
-    """:func:`block` for one new token per row, x (B, C), on the weights of
-    :meth:`KVCache.decode_weights` (out-projections transposed); writes this position's keys
-    and values into ``kv`` (this layer's cache slices, (B, KV, max_len, D)).
-
-    ``pos`` an int (:meth:`GPT.decode_step`): attend over the positions filled so far.
-    ``pos`` a (1,) device tensor (:mod:`tinylm.decode_graph`, fixed shapes for a CUDA graph):
-    write with ``index_copy_`` and attend over the whole cache, ``mask`` hiding what lies
-    past ``pos``."""
-    (H, KV, D), (B, C) = heads, x.shape
-    norm1, qkv_w, o_t, norm2, gate_up_w, down_t = weights
-    keys, values = kv
-    qkv = F.linear(torch.rms_norm(x, (C,), norm1, eps), qkv_w)  # (B, (H + 2KV) D)
-    qk = torch.mm(qkv[:, :(H + KV) * D].reshape(-1, D), rotation).view(B, H + KV, 1, D)
-    if isinstance(pos, int):
-        keys[:, :, pos] = qk[:, H:, 0]
-        values[:, :, pos] = qkv[:, (H + KV) * D:].view(B, KV, D)
-        keys, values = keys[:, :, :pos + 1], values[:, :, :pos + 1]
-    else:
-        keys.index_copy_(2, pos, qk[:, H:])
-        values.index_copy_(2, pos, qkv[:, (H + KV) * D:].view(B, KV, 1, D))
-    y = F.scaled_dot_product_attention(qk[:, :H], keys, values, attn_mask=mask,
-                                       enable_gqa=KV != H)
-    x = torch.addmm(x, y.view(B, H * D), o_t)
-    gate, up = F.linear(torch.rms_norm(x, (C,), norm2, eps), gate_up_w).chunk(2, dim=-1)
-    return torch.addmm(x, F.silu(gate).mul_(up), down_t)
 
 
 class Attention(nn.Module):
