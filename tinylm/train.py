@@ -27,7 +27,8 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from tinylm.budget import TimeBudget
-from tinylm.checkpoint import Checkpointer, init_from, init_model_config, resolve_resume
+from tinylm.checkpoint import init_from, init_model_config, resolve_resume
+from tinylm.checkpointer import Checkpointer
 from tinylm.config import TrainConfig, config_to_dict, save_config
 from tinylm.data import EvalBlocks, TrainBatches, prepare
 from tinylm.distill import load_teacher
