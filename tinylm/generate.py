@@ -229,7 +229,8 @@ def generate(
     ``<|endoftext|>`` in the text. On a CUDA device the cached one-token step is replayed as a
     CUDA graph (:mod:`tinylm.decode_graph`); ``cuda_graph=False`` runs it eagerly. On a CPU,
     ``compile=True`` compiles that step (seconds, once per model and batch size in a
-    process; worth it for long generations only).
+    process; worth it for long generations only). Either way the graph and its KV cache (a
+    full context for the batch) stay allocated beside the model for the next call.
     """
     _check_args(temperature, top_k, top_p, max_new_tokens, stop)
     if not prompts:
