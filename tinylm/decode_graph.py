@@ -37,7 +37,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from tinylm.kv_cache import KVCache, decode_block
+from tinylm.kv_cache import KVCache, check_room, decode_block
 from tinylm.model import GPT, is_plain
 
 WARMUP_STEPS = 2  # eager runs on a side stream before capture, as torch.cuda.graphs asks
@@ -138,11 +138,9 @@ class GraphedDecoder:
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits (B, vocab_size) after one new token per row, ids (B, 1), at ``cache.pos``;
-        advances the cache. A full cache raises what ``GPT.forward`` raises."""
+        advances the cache. A full cache raises ``check_room``'s error, as ``GPT.forward`` does."""
         cache = self.cache
-        if cache.pos >= cache.max_len:
-            raise ValueError(f"sequence of {cache.pos + 1} tokens exceeds the context "
-                             f"({cache.max_len})")
+        check_room(cache.pos + 1, cache.max_len)
         self.ids.copy_(ids)
         self.pos.fill_(cache.pos)
         if cache.pad_mask is None:

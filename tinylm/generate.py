@@ -260,14 +260,7 @@ def generate(
     model.eval()
     try:
         with torch.inference_mode():  # no autograd bookkeeping: faster decoding
-            graphed = None
-            if use_cache and (cuda_graph if device.type == "cuda" else compile):
-                graphed = graphed_decoder(model, B, compile=compile and device.type != "cuda")
-            if graphed is not None:
-                cache, step_fn = graphed.cache, graphed.step
-            else:
-                cache = KVCache(cfg, B, device=device, dtype=model.lm_head.weight.dtype) if use_cache else None
-                step_fn = partial(model.decode_step, cache=cache)
+            cache, step_fn = _one_token_step(model, B, use_cache, cuda_graph, compile)
             length, logits = P, None
             for step in range(max_new_tokens):
                 if logits is None:  # first step, every step without a cache, or a re-start
@@ -290,7 +283,25 @@ def generate(
                     logits = None
     finally:
         model.train(was_training)
+    return _finish(rows, tokenizer, stream)
 
+
+def _one_token_step(model: GPT, batch: int, use_cache: bool, cuda_graph: bool,
+                    compile: bool) -> tuple[KVCache | None, Callable[[torch.Tensor], torch.Tensor]]:
+    """The cache (None without one) and the one-token step: the kept graphed decoder on CUDA
+    (unless ``cuda_graph=False``) and on a CPU with ``compile``, else ``GPT.decode_step``."""
+    device = model.lm_head.weight.device
+    if use_cache and (cuda_graph if device.type == "cuda" else compile):
+        graphed = graphed_decoder(model, batch, compile=compile and device.type != "cuda")
+        if graphed is not None:
+            return graphed.cache, graphed.step
+    cache = KVCache(model.config, batch, device=device, dtype=model.lm_head.weight.dtype) if use_cache else None
+    return cache, partial(model.decode_step, cache=cache)
+
+
+def _finish(rows: list[_Row], tokenizer: Tokenizer, stream: StreamCallback | None) -> list[str]:
+    """Each row's final text (decoded once here when no stop or stream needed it sooner),
+    streaming what was held back."""
     out = []
     for i, row in enumerate(rows):
         if row.final is None:

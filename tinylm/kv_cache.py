@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from tinylm.model import GPT, GPTConfig
 
 
+def check_room(length: int, context: int) -> None:
+    """The one error for a sequence longer than the context (a model's block size, or a
+    cache's ``max_len``): every forward and decoding step raises it the same way."""
+    if length > context:
+        raise ValueError(f"sequence of {length} tokens exceeds the context ({context})")
+
+
 class KVCache:
     """Keys and values of every layer for incremental decoding.
 

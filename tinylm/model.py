@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from tinylm.kv_cache import KVCache, decode_block
+from tinylm.kv_cache import KVCache, check_room, decode_block
 from tinylm.rotary import Rotary, rotary_cos_sin
 from tinylm.tying import TieGuarded, tie
 
@@ -267,11 +267,7 @@ class GPT(TieGuarded):
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        if start + T > (cache.max_len if cache is not None else self.config.block_size):
-            raise ValueError(
-                f"sequence of {start + T} tokens exceeds the context "
-                f"({cache.max_len if cache is not None else self.config.block_size})"
-            )
+        check_room(start + T, cache.max_len if cache is not None else self.config.block_size)
         c = self.config
         x = self.embed_tokens(idx)
         if c.dropout and self.training:

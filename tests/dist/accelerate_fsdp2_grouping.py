@@ -7,7 +7,9 @@ check's other side: a grouping that gives lm_head a group of its own must be ref
 accelerate ignores its FSDP plugin on CPU (environment notes), so this calls the function its
 ``prepare`` calls on GPUs, ``accelerate.utils.fsdp_utils.fsdp2_prepare_model``, with the very
 plugin tinylm builds (``tinylm.parallel.fsdp2_plugin``). Prints "RESULT <json>" on each rank: what it
-saw, or the error that stopped it.
+saw, or the error that stopped it. This worker asserts nothing itself, so that every rank
+reports even when one fails: ``tests/test_parallel.py::
+test_accelerates_own_fsdp2_grouping_passes_the_check`` asserts on both ranks' results.
 """
 
 import json
