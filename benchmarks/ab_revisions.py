@@ -58,9 +58,9 @@ def export_base(rev: str, into: Path) -> None:
 def generation_rows(base, rounds: int) -> list[str]:
     from pydoc_data.topics import topics
 
-    import tinylm.generate
-    import tinylm.model
-    from tinylm.tokenizer import Tokenizer
+    import tinylm.infer.generate
+    import tinylm.model.gpt
+    from tinylm.data.tokenizer import Tokenizer
 
     tok = Tokenizer.train([topics[k] for k in sorted(topics)], 4096)
     path = Path(tempfile.mkdtemp()) / "tokenizer.json"
@@ -70,13 +70,13 @@ def generation_rows(base, rounds: int) -> list[str]:
     for shape_name, shape in SHAPES.items():
         torch.manual_seed(0)
         a = base["model"].GPT(base["model"].GPTConfig(**shape)).eval()
-        b = tinylm.model.GPT(tinylm.model.GPTConfig(**shape)).eval()
+        b = tinylm.model.gpt.GPT(tinylm.model.config.GPTConfig(**shape)).eval()
         b.load_state_dict(a.state_dict())
         for batch in (1, 8):
             prompts = PROMPTS[:batch]
             runs = {"base": lambda: base["generate"].generate(
                         a, base_tok, prompts, 200, temperature=1.0, seed=0, stop_at_eot=False),
-                    "this": lambda: tinylm.generate.generate(
+                    "this": lambda: tinylm.infer.generate.generate(
                         b, tok, prompts, 200, temperature=1.0, seed=0, stop_at_eot=False)}
             best, texts = {k: float("inf") for k in runs}, {}
             for _ in range(rounds):
@@ -93,7 +93,7 @@ def generation_rows(base, rounds: int) -> list[str]:
 
 
 def train_row(base, rounds: int) -> str:
-    import tinylm.model
+    import tinylm.model.gpt
 
     shape, B = {**SHAPES["default"]}, 16  # the default preset's model and batch
     g = torch.Generator().manual_seed(0)
@@ -101,7 +101,7 @@ def train_row(base, rounds: int) -> str:
             for _ in range(2))
     torch.manual_seed(0)
     a = base["model"].GPT(base["model"].GPTConfig(**shape))
-    b = tinylm.model.GPT(tinylm.model.GPTConfig(**shape))
+    b = tinylm.model.gpt.GPT(tinylm.model.config.GPTConfig(**shape))
     b.load_state_dict(a.state_dict())
     opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True) for m in (a, b)}
 

@@ -98,7 +98,7 @@ def run_variant(config: str, text: str, overrides: list[str], target: float, wor
 
 def _time_prepare(text: str, overrides: list[str], work: Path) -> float:
     """MB/s of preparing the text (tokenizer training + tokenizing + writing), fresh dir."""
-    from tinylm.data import DataConfig, prepare
+    from tinylm.data.prepare import DataConfig, prepare
 
     vocab = next((int(o.split("=")[1]) for o in overrides if o.startswith("data.vocab_size=")), None)
     cfg_vocab = vocab or _config_vocab()
@@ -109,7 +109,7 @@ def _time_prepare(text: str, overrides: list[str], work: Path) -> float:
 
 
 def _config_vocab() -> int:
-    from tinylm.config import load_config
+    from tinylm.train.config import load_config
 
     return load_config(ARGS.config).data.vocab_size
 
@@ -117,9 +117,9 @@ def _config_vocab() -> int:
 def _time_generation(run_dir: Path, n: int = 200) -> tuple[float, float]:
     import torch
 
-    from tinylm.checkpoint import latest_checkpoint, load_model
-    from tinylm.generate import generate
-    from tinylm.tokenizer import Tokenizer
+    from tinylm.checkpoint.format import latest_checkpoint, load_model
+    from tinylm.data.tokenizer import Tokenizer
+    from tinylm.infer.generate import generate
 
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     model, _ = load_model(ckpt)

@@ -6,7 +6,7 @@ Builds a random LlamaForCausalLM with SmolLM2-135M's config (30 layers, width 57
 key/value heads, MLP 1536, vocab 49152, tied) with transformers itself, and a byte-level BPE of
 that vocabulary trained on python-docs (offline), then times ``tinylm convert from-hf`` and
 ``tinylm convert to-hf`` as separate processes: wall seconds, and the child's peak RSS
-(``ru_maxrss``), next to the size of the fp32 weights and of a bare ``import tinylm.hf``
+(``ru_maxrss``), next to the size of the fp32 weights and of a bare ``import tinylm.convert.hf``
 process, so what the conversion itself holds is visible. Streaming means one copy of the
 weights at most: import reads one HF tensor at a time, export writes views of the loaded model.
 """
@@ -45,8 +45,8 @@ def build(hf_dir: Path, layers: int) -> None:
     from tokenizers import AddedToken
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tinylm.corpus import build_python_docs, document_texts, load_documents
-    from tinylm.tokenizer import Tokenizer
+    from tinylm.data.corpus import build_python_docs, document_texts, load_documents
+    from tinylm.data.tokenizer import Tokenizer
 
     rows = load_documents(str(build_python_docs(hf_dir.parent / "data", progress=False)),
                           data_dir=str(hf_dir.parent))
@@ -77,7 +77,7 @@ def main() -> None:
     hf_dir, py = work / "hf", sys.executable
     child([py, __file__, "--build", str(hf_dir), "--layers", str(args.layers)])
     n_params, vocab, torch_version = (hf_dir / "n_params.txt").read_text().split()
-    bare = child([py, "-c", "import tinylm.hf"])
+    bare = child([py, "-c", "import tinylm.convert.hf"])
     imp = child([py, "-m", "tinylm.cli", "convert", "from-hf", str(hf_dir), str(work / "tinylm")])
     exp = child([py, "-m", "tinylm.cli", "convert", "to-hf", str(work / "tinylm"), str(work / "back")])
     weights_mib = int(n_params) * 4 / 2**20
@@ -85,7 +85,7 @@ def main() -> None:
           f"{int(n_params) / 1e6:.1f}M parameters, {weights_mib:.0f} MiB of fp32 weights; "
           f"torch {torch_version}\n")
     print("| step | wall s | peak RSS MiB | peak - bare process MiB |\n|---|---|---|---|")
-    print(f"| python -c 'import tinylm.hf' | {bare[0]:.1f} | {bare[1]:.0f} | 0 |")
+    print(f"| python -c 'import tinylm.convert.hf' | {bare[0]:.1f} | {bare[1]:.0f} | 0 |")
     for name, (wall, peak) in (("convert from-hf", imp), ("convert to-hf", exp)):
         print(f"| {name} | {wall:.1f} | {peak:.0f} | {peak - bare[1]:.0f} |")
 

@@ -36,10 +36,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tinylm import corpus  # noqa: E402
-from tinylm.corpus import document_texts, load_documents  # noqa: E402
-from tinylm.data import DataConfig, prepare, token_dtype, tokenize_rows  # noqa: E402
-from tinylm.tokenizer import Tokenizer  # noqa: E402
+from tinylm.data import corpus  # noqa: E402
+from tinylm.data.corpus import document_texts, load_documents  # noqa: E402
+from tinylm.data.prepare import DataConfig, prepare, token_dtype, tokenize_rows  # noqa: E402
+from tinylm.data.tokenizer import Tokenizer  # noqa: E402
 
 Row = tuple[str, float, int, str, str, float, float]  # corpus, MB, rows, stage, setting, s, cpu s
 

@@ -29,9 +29,10 @@ import warnings
 import torch
 from pydoc_data.topics import topics
 
-from tinylm.generate import generate
-from tinylm.model import GPT, GPTConfig
-from tinylm.tokenizer import Tokenizer
+from tinylm.data.tokenizer import Tokenizer
+from tinylm.infer.generate import generate
+from tinylm.model.config import GPTConfig
+from tinylm.model.gpt import GPT
 
 SHAPES = {
     "default": dict(block_size=128, n_layer=4, n_head=4, n_embd=128, vocab_size=4096),
@@ -89,7 +90,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=r"prompt \d+ has")  # a small context crops prompts
 
     if args.checkpoint:
-        from tinylm.evaluate import load_for_inference
+        from tinylm.checkpoint.format import load_for_inference
 
         model, tok, _ = load_for_inference(args.checkpoint)
         models = {"checkpoint": model}

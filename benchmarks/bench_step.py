@@ -7,7 +7,7 @@ not change what is learned per token: thread count, bf16 autocast, torch.compile
 implementation, batch size — and prices the ones that do (vocab size, model shape) in text
 bytes per second. Every variant is built with the trainer's own pieces (``load_config`` with
 the overrides, ``GPT``, ``build_optimizer``, compile) and steps with the trainer's own
-``tinylm.step.train_step`` on a ``LocalRuntime`` (accelerate's process-wide state allows one
+``tinylm.train.step.train_step`` on a ``LocalRuntime`` (accelerate's process-wide state allows one
 precision per process; the variants need several), then the variants are timed in interleaved
 rounds (A B C A B C ...) and the median round is reported: this machine's speed drifts by
 10-20% over minutes, and interleaving cancels most of it.
@@ -39,11 +39,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tinylm.config import load_config  # noqa: E402
-from tinylm.data import DataConfig, TrainBatches, prepare  # noqa: E402
-from tinylm.model import GPT  # noqa: E402
-from tinylm.optim import build_optimizers  # noqa: E402
-from tinylm.step import LocalRuntime, choose_precision, train_step  # noqa: E402
+from tinylm.data.batches import TrainBatches
+from tinylm.data.prepare import DataConfig, prepare  # noqa: E402
+from tinylm.model.gpt import GPT  # noqa: E402
+from tinylm.train.config import load_config  # noqa: E402
+from tinylm.train.optim import build_optimizers  # noqa: E402
+from tinylm.train.step import LocalRuntime, choose_precision, train_step  # noqa: E402
 
 
 class Variant:

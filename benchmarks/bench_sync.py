@@ -48,7 +48,7 @@ def run(strategy: str, args, work: Path) -> dict:
     checks = [float(ms) for ms in re.findall(r"sync check @ step \d+: .* \(([\d.]+) ms\)", proc.stdout)]
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tok_s = [r["tokens_per_s"] for r in records if r["kind"] == "train" and r["tokens_per_s"]]
-    from tinylm.config import load_config
+    from tinylm.train.config import load_config
 
     cfg = load_config(args.config)
     tokens_per_step = 2 * cfg.optim.batch_size * cfg.model.block_size * cfg.optim.grad_accum

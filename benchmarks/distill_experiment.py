@@ -43,9 +43,9 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=2.0)
     args = p.parse_args()
 
-    from tinylm.checkpoint import find_checkpoints, load_model, write_checkpoint_files
-    from tinylm.evaluate import evaluate_checkpoint
-    from tinylm.student import make_student
+    from tinylm.checkpoint.format import find_checkpoints, load_model, write_checkpoint
+    from tinylm.convert.student import make_student
+    from tinylm.eval.loss import evaluate_checkpoint
 
     teacher_ckpt = find_checkpoints(args.teacher)[-1]
     teacher, cfg = load_model(teacher_ckpt)
@@ -53,7 +53,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="distill-"))
     init = work / "student-init"
     init.mkdir()
-    write_checkpoint_files(init, student, cfg["train"], teacher_ckpt / "tokenizer.json")
+    write_checkpoint(init, student, cfg["train"], teacher_ckpt / "tokenizer.json")
     base = [f"model.n_layer={student.config.n_layer}", f"optim.max_steps={args.steps}",
             f"optim.warmup_steps={max(args.steps // 10, 1)}", "eval.interval=0",
             "checkpoint.interval=0", "log.wandb=disabled", "log.plot=false"]

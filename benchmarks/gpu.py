@@ -10,7 +10,7 @@ does not change the speed; nothing is downloaded):
 - base: the preset at ``optim.grad_accum=1`` (a step is one micro-batch, so a few dozen steps
   reach steady state); tokens/s and ms/step from metrics.jsonl after the first steps
   (compilation), peak GPU memory, MFU = tokens/s x flops_per_token / the card's dense bf16 peak
-  (``tinylm.hardware``; an unknown card and every CPU get no MFU);
+  (``tinylm.train.hardware``; an unknown card and every CPU get no MFU);
 - variants as ratios to base, in the same invocation, in this order (what a short lease
   must not miss first): ``parallel.strategy=fsdp2`` (one process: tinylm's own fully_shard
   on a 1-GPU mesh; its cost over DDP's plain module, and its sync check), compile off,
@@ -100,8 +100,8 @@ def failed(name: str, why: str) -> dict:
 
 
 def flops_per_token(ckpt: Path) -> float:
-    from tinylm.checkpoint import model_config
-    from tinylm.model import GPT
+    from tinylm.checkpoint.format import model_config
+    from tinylm.model.gpt import GPT
 
     cfg = model_config(ckpt)
     with torch.device("meta"):  # the count needs shapes, not memory
@@ -112,8 +112,8 @@ def generation(ckpt: Path, device: str) -> list[dict]:
     """Rows of tokens/s at batch 1 and 8, KV cache, 100 new tokens per row, after a warm-up:
     the eager one-token step, and on CUDA also the step replayed as a CUDA graph (its ratio to
     eager, and whether its greedy text equals eager's on this checkpoint)."""
-    from tinylm.evaluate import load_for_inference
-    from tinylm.generate import generate
+    from tinylm.checkpoint.format import load_for_inference
+    from tinylm.infer.generate import generate
 
     model, tok, _ = load_for_inference(ckpt, device)
     rows = []
@@ -146,8 +146,8 @@ def generation(ckpt: Path, device: str) -> list[dict]:
 
 
 def table(args, work: Path) -> list[dict]:
-    from tinylm.config import load_config
-    from tinylm.hardware import mfu
+    from tinylm.train.config import load_config
+    from tinylm.train.hardware import mfu
 
     preset = load_config(PRESET, args.base_overrides)
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"

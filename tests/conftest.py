@@ -99,7 +99,7 @@ def corpus_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def python_docs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real python-docs corpus, built once per session (~5 s)."""
-    from tinylm.corpus import build_python_docs
+    from tinylm.data.corpus import build_python_docs
 
     return build_python_docs(tmp_path_factory.mktemp("pydocs"), progress=False)
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from pydoc_data.topics import topics
 
 REPO = Path(__file__).resolve().parent.parent
+HOOKS = REPO / "tests" / "dist" / "train_with_hooks.py"  # the trainer with fault/observe hooks
 CPU_2PROC = REPO / "configs" / "accelerate" / "cpu-2proc.yaml"
 
 
@@ -71,3 +74,31 @@ def world_size(log: str) -> int:
     m = re.search(r"tinylm: (\d+) process", log)
     assert m, f"no process-count line in output:\n{log[-3000:]}"
     return int(m.group(1))
+
+
+
+def results(out: str) -> list[dict]:
+    return [json.loads(m) for m in re.findall(r"RESULT (\{[^\n]*\})", out)]
+
+
+def finished(proc, out: str, res: list[dict]) -> bool:
+    """Every rank finished its run and reported it. A launcher exit status of 1 is tolerated
+    only when a rank was killed by SIGABRT AFTER both reported success: torch/gloo's
+    "terminate called without an active exception" at interpreter exit (environment notes),
+    seen in ~1% of 2-process launches here; the run's results are all on disk by then, and
+    every assertion about them still runs. Any other failure fails the test."""
+    ok = len(res) == 2 and all(r["ok"] for r in res)
+    if proc.returncode == 0 or not ok:
+        return ok and proc.returncode == 0
+    aborted_at_exit = "Signal 6 (SIGABRT)" in out
+    if aborted_at_exit:
+        warnings.warn("a rank aborted at interpreter exit after both finished (gloo teardown)")
+    return aborted_at_exit
+
+
+def launch(tmp_path, corpus, *hook_args, **overrides):
+    args = [*hook_args, "configs/tiny.yaml", *tiny_overrides(tmp_path, corpus, **overrides)]
+    proc = accelerate_2proc(HOOKS, args, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert world_size(out) == 2, failure_excerpt(out)
+    return proc, out, results(proc.stdout)

@@ -6,9 +6,9 @@ check's other side: a grouping that gives lm_head a group of its own must be ref
 
 accelerate ignores its FSDP plugin on CPU (environment notes), so this calls the function its
 ``prepare`` calls on GPUs, ``accelerate.utils.fsdp_utils.fsdp2_prepare_model``, with the very
-plugin tinylm builds (``tinylm.parallel.fsdp2_plugin``). Prints "RESULT <json>" on each rank: what it
+plugin tinylm builds (``tinylm.distributed.parallel.fsdp2_plugin``). Prints "RESULT <json>" on each rank: what it
 saw, or the error that stopped it. This worker asserts nothing itself, so that every rank
-reports even when one fails: ``tests/test_parallel.py::
+reports even when one fails: ``tests/distributed/test_parallel.py::
 test_accelerates_own_fsdp2_grouping_passes_the_check`` asserts on both ranks' results.
 """
 
@@ -22,9 +22,11 @@ import torch.distributed as dist
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 from torch.distributed.fsdp import fully_shard
 
-from tinylm.model import GPT, GPTConfig
-from tinylm.parallel import ParallelConfig, check_grouping, fsdp2_plugin, tie_group_label
-from tinylm.tying import TieError, check_ties
+from tinylm.distributed.parallel import (ParallelConfig, check_grouping, fsdp2_plugin,
+                                         tie_group_label)
+from tinylm.model.config import GPTConfig
+from tinylm.model.gpt import GPT
+from tinylm.sharing.tying import TieError, check_ties
 
 
 def tiny() -> GPT:

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint under `accelerate launch` (tests/test_evaluate.py starts it on 2 ranks).
+"""Evaluate a checkpoint under `accelerate launch` (tests/eval/test_loss.py starts it on 2 ranks).
 
     eval_2proc.py CKPT JSON_OUT [--batch-size N] [--data SOURCE]
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from tinylm.evaluate import evaluate_checkpoint
+from tinylm.eval.loss import evaluate_checkpoint
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "evaluate.py"
 

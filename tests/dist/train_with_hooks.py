@@ -18,8 +18,9 @@ import sys
 
 import torch
 
-from tinylm.config import load_config
-from tinylm.train import TrainHooks, train
+from tinylm.train.config import load_config
+from tinylm.train.state import TrainHooks
+from tinylm.train.trainer import train
 
 
 def report(result: dict) -> None:

@@ -11,7 +11,10 @@
 Every subcommand parses the same way (argparse, a usage error is one line and exit 2) and
 every error goes through one map (:data:`ERRORS`): bad input is one ``error: ...`` line and
 exit 2; a run that had to stop to protect its state (divergence, a broken tie) is exit 1.
-``scripts/*.py`` are thin shells over these subcommands.
+``scripts/*.py`` are thin shells over these subcommands. Each subcommand imports the parts
+it runs inside ``run`` (torch, datasets...), so ``tinylm --help`` answers at once.
+
+May import: common, sharing, model, data, distributed, checkpoint, eval, infer, convert, train
 """
 
 from __future__ import annotations
@@ -39,15 +42,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def _errors() -> list[tuple[tuple[type, ...], int, bool]]:
     """(exception types, exit status, whether the line names the type)."""
-    from tinylm.checkpoint import CheckpointError
-    from tinylm.config import ConfigError
-    from tinylm.corpus import DataError
-    from tinylm.distill import TokenizerMismatchError
-    from tinylm.parallel import ParallelError
-    from tinylm.rundir import RunDirError
-    from tinylm.step import TrainingDiverged
-    from tinylm.sync_check import TiedSyncError
-    from tinylm.tying import TieError
+    from tinylm.checkpoint.format import CheckpointError
+    from tinylm.data.corpus import DataError
+    from tinylm.data.tokenizer import TokenizerMismatchError
+    from tinylm.distributed.parallel import ParallelError
+    from tinylm.distributed.sync_check import TiedSyncError
+    from tinylm.sharing.tying import TieError
+    from tinylm.train.config import ConfigError
+    from tinylm.train.rundir import RunDirError
+    from tinylm.train.step import TrainingDiverged
 
     return [((TrainingDiverged, TiedSyncError, TieError), 1, True),
             ((ConfigError, DataError, CheckpointError, TokenizerMismatchError, RunDirError,

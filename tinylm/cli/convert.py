@@ -5,7 +5,7 @@
 
 CKPT is a checkpoint directory or a run directory (its newest checkpoint). OUT must not exist
 or be empty. The tie is explicit both ways (tie_word_embeddings), and every field tinylm can't
-represent exactly is refused in one line; see tinylm/hf.py.
+represent exactly is refused in one line; see tinylm/convert/hf.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinylm.hf import export_to_hf, import_from_hf
+    from tinylm.convert.hf import export_to_hf, import_from_hf
 
     convert = export_to_hf if args.direction == "to-hf" else import_from_hf
     print(f"wrote {convert(args.source, args.out)}")

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 def data_config(args: argparse.Namespace):
     """The DataConfig the config, the data.* overrides and the flags give."""
-    from tinylm.config import ConfigError, load_config
+    from tinylm.train.config import ConfigError, load_config
 
     config, overrides = split_config(args.config_and_overrides)
     for ov in overrides:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = data_config(args)
     if args.tokenizer_only:
         return _tokenizer(cfg, args.out)
-    from tinylm.data import prepare
+    from tinylm.data.prepare import prepare
 
     data = prepare(cfg)
     m = data.meta
@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tokenizer(cfg, out: str) -> int:
-    from tinylm.corpus import DataError, document_texts, load_documents
-    from tinylm.tokenizer import Tokenizer
+    from tinylm.data.corpus import DataError, document_texts, load_documents
+    from tinylm.data.tokenizer import Tokenizer
 
     rows = load_documents(cfg.source, hf_split=cfg.hf_split, hf_text_column=cfg.hf_text_column,
                           hf_config=cfg.hf_config, data_dir=cfg.dir)

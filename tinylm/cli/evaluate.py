@@ -54,10 +54,10 @@ def make_accelerator():
 def run(args: argparse.Namespace) -> int:
     import datasets
 
-    from tinylm.atomic import atomic_write
-    from tinylm.checkpoint import find_checkpoints
-    from tinylm.evaluate import evaluate_checkpoint
-    from tinylm.rundir import require_writable
+    from tinylm.checkpoint.format import find_checkpoints
+    from tinylm.common.atomic import atomic_write
+    from tinylm.eval.loss import evaluate_checkpoint
+    from tinylm.train.rundir import require_writable
 
     if args.json is not None:  # before the evaluation, not after it
         require_writable(args.json.parent, "--json")

@@ -57,9 +57,9 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tinylm.checkpoint import resolve_checkpoint
-    from tinylm.evaluate import load_for_inference
-    from tinylm.generate import generate
+    from tinylm.checkpoint.format import resolve_checkpoint
+    from tinylm.checkpoint.format import load_for_inference
+    from tinylm.infer.generate import generate
 
     warnings.showwarning = _one_line_warnings
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,4 +1,4 @@
-"""Make a smaller student checkpoint from a teacher's blocks (see tinylm/student.py).
+"""Make a smaller student checkpoint from a teacher's blocks (see tinylm/convert/student.py).
 
     tinylm student TEACHER --layers every:2 --out DIR [--n-embd N]
 
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinylm.student import write_student
+    from tinylm.convert.student import write_student
 
     teacher, student, report = write_student(args.teacher, args.layers, args.out, args.n_embd)
     print(report)

@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinylm.config import load_config
-    from tinylm.train import train
+    from tinylm.train.config import load_config
+    from tinylm.train.trainer import train
 
     summary = train(load_config(*split_config(args.config_and_overrides)))
     if summary["stopped_by"]:

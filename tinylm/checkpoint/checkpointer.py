@@ -1,0 +1,145 @@
+"""The trainer's checkpointer: when to save, a collective save of any strategy's model into
+one checkpoint, pruning, recovery from a killed save, and the two halves of a resume.
+
+What a checkpoint *is* (its files, how ties are stored, how one is found and loaded) is
+:mod:`tinylm.checkpoint.format`; this module is the run's side of it, the only code that writes
+under ``<run_dir>/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tinylm.checkpoint.format import (MODEL_FILE, STATE_DIR, CheckpointError, latest_checkpoint,
+                                      load_weights, read_trainer_state, step_dirs, write_checkpoint)
+from tinylm.checkpoint.resume_state import (OPTIMIZER_FILE, load_optimizer, load_rng,
+                                            optimizer_state, rng_file, save_rng, write_optimizer)
+from tinylm.common.atomic import publish_dir
+from tinylm.common.checks import NON_NEGATIVE, require
+from tinylm.distributed.parallel import full_state_dict, unwrap
+from tinylm.model.gpt import GPT
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 500  # optimizer steps between checkpoints (0 = only at the end)
+    keep_last: int = 2  # older step-N dirs are deleted once a newer one is complete
+    resume: str = ""  # "" = fresh start; "auto" = latest in run_dir; or a checkpoint dir
+    init_from: str = ""  # start from these weights only (e.g. make_student.py output); its shape wins
+
+    def __post_init__(self) -> None:
+        require("checkpoint", self, {"interval": NON_NEGATIVE, "keep_last": (
+            lambda v: v >= 0, ">= 0 (0 keeps every checkpoint)")})
+
+
+class Checkpointer:
+    """Saves and restores a training run under ``<run_dir>/checkpoints`` and decides when.
+
+    ``save`` is collective (every process calls it): whole weights and optimizer state are
+    gathered (from shards, under FSDP2), every process writes its RNG into the temp dir, the
+    main process adds the model, optimizer, config, tokenizer and trainer state, then renames
+    the whole into ``step-<N>`` and prunes to ``keep_last``. A restore is two halves: the
+    weights before the model is wrapped, the optimizer and RNG after (``tinylm.checkpoint.resume_state``).
+    """
+
+    def __init__(self, run_dir: Path, accelerator, interval: int, keep_last: int) -> None:
+        self.root = Path(run_dir) / "checkpoints"
+        self.accelerator, self.interval, self.keep_last = accelerator, interval, keep_last
+        if accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._recover()
+
+    def _recover(self) -> None:
+        """Finish what a killed save left: a step-N renamed away (.step-N.old) whose new copy
+        never arrived comes back; half-deleted and half-written leftovers go."""
+        for old in self.root.glob(".step-*.old"):
+            final = self.root / old.name[1:-len(".old")]
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, final)
+        for junk in [*self.root.glob(".step-*.tmp"), *self.root.glob(".step-*.deleting")]:
+            shutil.rmtree(junk, ignore_errors=True)
+
+    def due(self, step: int, max_steps: int) -> bool:
+        return bool(self.interval) and step % self.interval == 0 and step < max_steps
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.root)
+
+    def save(self, step: int, model: torch.nn.Module, optimizers: list, train_config: dict,
+             tokenizer_path: Path, trainer_state: dict, extra: dict) -> Path:
+        """Collective: ``model`` is the prepared one (DDP, FSDP2 or plain); whole tensors are
+        gathered from its shards, so every strategy writes the same files. A failure on the
+        main process (a full disk) removes the temp dir and raises CheckpointError on every
+        process; earlier checkpoints are untouched."""
+        acc, final = self.accelerator, self.root / f"step-{step}"
+        tmp = self.root / f".step-{step}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / STATE_DIR).mkdir(parents=True)
+        weights = full_state_dict(model, keep=acc.is_main_process)  # collective under
+        # FSDP2, like the next one
+        optim = optimizer_state(model, optimizers)
+        acc.wait_for_everyone()
+        error = [None]
+        try:
+            save_rng(tmp / STATE_DIR, acc)  # every process its own
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                write_optimizer(optim, tmp / STATE_DIR / OPTIMIZER_FILE)
+                write_checkpoint(tmp, unwrap(model), train_config, tokenizer_path, trainer_state,
+                                 {"step": step, **extra}, state=weights)
+                publish_dir(tmp, final)
+                self._prune()
+        except OSError as e:
+            error = [f"{final}: not saved ({e.strerror or e}); nothing was published, earlier "
+                     "checkpoints are intact"]
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+            broadcast_object_list(error)
+        if error[0]:
+            raise CheckpointError(error[0])
+        return final
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep_last``; each older one is renamed away before it is
+        deleted, so a kill mid-delete leaves no step-N that looks complete but is not."""
+        if self.keep_last > 0:
+            for _, old in step_dirs(self.root)[:-self.keep_last]:
+                doomed = old.with_name(f".{old.name}.deleting")
+                os.replace(old, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+
+    def restore_weights(self, ckpt: Path, model: GPT, same_processes: bool) -> None:
+        """Weights into the unwrapped ``model`` (before DDP or FSDP2 wraps it: any strategy
+        reads the same full tensors). With the same process count, this process's RNG file
+        must be there and readable (accelerate would skip it with an INFO line and resume
+        with other random numbers); checked first, before anything is loaded."""
+        from accelerate.utils import load
+
+        rng = rng_file(ckpt / STATE_DIR, self.accelerator.process_index)
+        if same_processes:
+            try:
+                load(rng)
+            except Exception as e:  # noqa: BLE001 - any failure to read it means the same
+                raise CheckpointError(f"{rng}: missing or unreadable ({type(e).__name__}); this "
+                                      "process's random state cannot be restored") from None
+        load_weights(model, ckpt / MODEL_FILE, assign=model.embed_tokens.weight.is_meta)
+
+    def restore_state(self, ckpt: Path, model: torch.nn.Module, optimizers: list,
+                      same_processes: bool) -> dict:
+        """Optimizer state (resharded into this run's layout) and RNG into the prepared run;
+        returns the trainer state saved with them."""
+        load_optimizer(model, optimizers, ckpt / STATE_DIR)  # CheckpointError if it does not fit
+        if same_processes:
+            load_rng(ckpt / STATE_DIR, self.accelerator)
+        return read_trainer_state(ckpt)
