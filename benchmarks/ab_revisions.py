@@ -14,7 +14,9 @@ the package ``tinylm_base`` and times, with each revision's own code:
   default preset's shape and batch, fp32.
 
 Only the public API both revisions share is used (GPT, GPTConfig, generate, Tokenizer), so
-it measures what users get. Best round for generation (the least disturbed), median round
+it measures what users get: this checkout's from the top level (``tinylm.GPT``), the base's
+from wherever its layout defined them (:data:`BASE_NAMES`: the 0.2 packages or the flat 0.1
+modules). Best round for generation (the least disturbed), median round
 for training steps (a step is long enough to average itself).
 """
 
@@ -38,6 +40,24 @@ SHAPES = {"default": dict(block_size=128, n_layer=4, n_head=4, n_embd=128, vocab
           "nanogpt": dict(block_size=64, n_layer=4, n_head=4, n_embd=128, vocab_size=4096)}
 PROMPTS = ["The quick brown fox", "In the beginning", "A", "Once upon a time", "x", "y z",
            "Hello", "The with statement"]
+# name -> the modules that defined it, newest layout first (0.2 packages, 0.1 flat modules)
+BASE_NAMES = {"GPT": ("model.gpt", "model"), "GPTConfig": ("model.config", "model"),
+              "generate": ("infer.generate", "generate"), "Tokenizer": ("data.tokenizer", "tokenizer")}
+
+
+def base_api() -> dict:
+    """The base revision's GPT, GPTConfig, generate and Tokenizer, from the exported package."""
+    api = {}
+    for name, modules in BASE_NAMES.items():
+        for mod in modules:
+            try:
+                api[name] = getattr(importlib.import_module(f"tinylm_base.{mod}"), name)
+                break
+            except (ImportError, AttributeError):
+                continue
+        else:
+            raise SystemExit(f"--base: no {name} in {', '.join(modules)}")
+    return api
 
 
 def export_base(rev: str, into: Path) -> None:
@@ -58,25 +78,24 @@ def export_base(rev: str, into: Path) -> None:
 def generation_rows(base, rounds: int) -> list[str]:
     from pydoc_data.topics import topics
 
-    import tinylm.infer.generate
-    import tinylm.model.gpt
-    from tinylm.data.tokenizer import Tokenizer
+    import tinylm
+    from tinylm import Tokenizer
 
     tok = Tokenizer.train([topics[k] for k in sorted(topics)], 4096)
     path = Path(tempfile.mkdtemp()) / "tokenizer.json"
     tok.save(path)
-    base_tok = base["tokenizer"].Tokenizer.load(path)
+    base_tok = base["Tokenizer"].load(path)
     rows = []
     for shape_name, shape in SHAPES.items():
         torch.manual_seed(0)
-        a = base["model"].GPT(base["model"].GPTConfig(**shape)).eval()
-        b = tinylm.model.gpt.GPT(tinylm.model.config.GPTConfig(**shape)).eval()
+        a = base["GPT"](base["GPTConfig"](**shape)).eval()
+        b = tinylm.GPT(tinylm.GPTConfig(**shape)).eval()
         b.load_state_dict(a.state_dict())
         for batch in (1, 8):
             prompts = PROMPTS[:batch]
-            runs = {"base": lambda: base["generate"].generate(
+            runs = {"base": lambda: base["generate"](
                         a, base_tok, prompts, 200, temperature=1.0, seed=0, stop_at_eot=False),
-                    "this": lambda: tinylm.infer.generate.generate(
+                    "this": lambda: tinylm.generate(
                         b, tok, prompts, 200, temperature=1.0, seed=0, stop_at_eot=False)}
             best, texts = {k: float("inf") for k in runs}, {}
             for _ in range(rounds):
@@ -93,15 +112,15 @@ def generation_rows(base, rounds: int) -> list[str]:
 
 
 def train_row(base, rounds: int) -> str:
-    import tinylm.model.gpt
+    import tinylm
 
     shape, B = {**SHAPES["default"]}, 16  # the default preset's model and batch
     g = torch.Generator().manual_seed(0)
     x, y = (torch.randint(0, shape["vocab_size"], (B, shape["block_size"]), generator=g)
             for _ in range(2))
     torch.manual_seed(0)
-    a = base["model"].GPT(base["model"].GPTConfig(**shape))
-    b = tinylm.model.gpt.GPT(tinylm.model.config.GPTConfig(**shape))
+    a = base["GPT"](base["GPTConfig"](**shape))
+    b = tinylm.GPT(tinylm.GPTConfig(**shape))
     b.load_state_dict(a.state_dict())
     opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True) for m in (a, b)}
 
@@ -138,7 +157,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ab-"))
     export_base(args.base, work)
     sys.path.insert(0, str(work))
-    base = {m: importlib.import_module(f"tinylm_base.{m}") for m in ("model", "generate", "tokenizer")}
+    base = base_api()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
     print(f"base {args.base} vs this checkout ({head}, plus uncommitted changes), torch "
