@@ -4,7 +4,7 @@
 
 Two processes on this machine differ by 10-20% (and the CPU behind it changes between
 sessions), so "before vs after" of a change is only worth a ratio measured in one process,
-round by round (A B A B ...). This script exports ``tinylm/`` of ``--base`` into a temp dir as
+round by round (A B, B A, ...). This script exports ``tinylm/`` of ``--base`` into a temp dir as
 the package ``tinylm_base`` and times, with each revision's own code:
 
 - generation: ``generate()`` at batch 1 and 8, KV cache, 200 new tokens, at the default
@@ -98,8 +98,8 @@ def generation_rows(base, rounds: int) -> list[str]:
                     "this": lambda: tinylm.generate(
                         b, tok, prompts, 200, temperature=1.0, seed=0, stop_at_eot=False)}
             best, texts = {k: float("inf") for k in runs}, {}
-            for _ in range(rounds):
-                for k, run in runs.items():
+            for r in range(rounds):  # A B, then B A: neither always runs first
+                for k, run in (list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]):
                     t0 = time.perf_counter()
                     texts[k] = run()
                     best[k] = min(best[k], time.perf_counter() - t0)
@@ -134,8 +134,8 @@ def train_row(base, rounds: int) -> str:
     times: dict[str, list[float]] = {"base": [], "this": []}
     for m in (a, b, a, b):
         step(m)
-    for _ in range(rounds):
-        for k, m in (("base", a), ("this", b)):
+    for r in range(rounds):
+        for k, m in (("base", a), ("this", b))[::1 if r % 2 == 0 else -1]:
             t0 = time.perf_counter()
             for _ in range(3):
                 step(m)
