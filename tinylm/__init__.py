@@ -6,46 +6,49 @@ loaded on first use (PEP 562), so ``import tinylm`` stays as fast as an empty pa
 packages, bottom to top, are listed in the README's tree and in each ``__init__``'s docstring.
 """
 
-from __future__ import annotations
-
-import importlib
-
 __version__ = "0.2.0"
 
-# public name -> the module that defines it
-_EXPORTS = {
-    # weight sharing (tinylm.sharing)
-    "tie": "sharing.tying", "tied_groups": "sharing.tying", "check_ties": "sharing.tying",
-    "TieError": "sharing.tying", "TieGuarded": "sharing.tying",
-    "get_weights": "sharing.weights", "set_weights": "sharing.weights",
-    "CopyReport": "sharing.weights",
-    # models (tinylm.model)
-    "GPT": "model.gpt", "GPTConfig": "model.config", "TiedAutoencoder": "model.autoencoder",
-    # data (tinylm.data)
-    "Tokenizer": "data.tokenizer", "DataConfig": "data.prepare", "prepare": "data.prepare",
-    # checkpoints (tinylm.checkpoint)
-    "load_model": "checkpoint.format", "load_for_inference": "checkpoint.format",
-    # evaluation and inference (tinylm.eval, tinylm.infer)
-    "evaluate_checkpoint": "eval.loss", "generate": "infer.generate",
-    # conversions (tinylm.convert)
-    "make_student": "convert.student", "export_to_hf": "convert.hf",
-    "import_from_hf": "convert.hf",
-    # training (tinylm.train)
-    # (``tinylm.train`` is the package; its entry point is ``Trainer(cfg).fit()``)
-    "TrainConfig": "train.config", "load_config": "train.config", "Trainer": "train.trainer",
-}
+# module (under tinylm.) -> the public names it defines; one string, read on first use only
+_EXPORTS = """
+sharing.tying: tie tied_groups check_ties TieError TieGuarded
+sharing.weights: get_weights set_weights CopyReport
+model.gpt: GPT
+model.config: GPTConfig
+model.autoencoder: TiedAutoencoder
+data.tokenizer: Tokenizer
+data.prepare: DataConfig prepare
+checkpoint.format: load_model load_for_inference
+eval.loss: evaluate_checkpoint
+infer.generate: generate
+convert.student: make_student
+convert.hf: export_to_hf import_from_hf
+train.config: TrainConfig load_config
+train.trainer: Trainer
+"""  # (tinylm.train is the package; a run is Trainer(cfg).fit() or the tinylm command)
 
-__all__ = sorted(_EXPORTS)
+
+
+
+def _where() -> dict[str, str]:
+    """Public name -> its module, parsed from :data:`_EXPORTS`."""
+    pairs = (line.split(":") for line in _EXPORTS.strip().splitlines())
+    return {name: module for module, names in pairs for name in names.split()}
 
 
 def __getattr__(name: str):
-    """Import the defining module on first access; cache the name in this module."""
-    if name not in _EXPORTS:
+    """PEP 562: called for a name this module lacks. Imports the defining module on first
+    access and caches the name here; ``__all__`` comes from the same table."""
+    if name == "__all__":
+        value = sorted(_where())
+    elif (module := _where().get(name)) is not None:
+        from importlib import import_module  # (here: import tinylm itself imports nothing)
+
+        value = getattr(import_module(f"tinylm.{module}"), name)
+    else:
         raise AttributeError(f"module 'tinylm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"tinylm.{_EXPORTS[name]}"), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted({*globals(), *_where()})
