@@ -209,7 +209,7 @@ def test_make_student_script_writes_a_loadable_checkpoint(trained, tmp_path, cap
     out = tmp_path / "student"
     assert _script().main([str(trained), "--layers", "every:2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "make_student (layers every:2 -> teacher blocks [0, 2])" in printed
+    assert "make_student (layers every:2 -> teacher depths [0, 2])" in printed
     assert "block 1 not selected" in printed and f"wrote {out}" in printed
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
 

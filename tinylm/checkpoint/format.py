@@ -115,9 +115,13 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], list[list[s
 def _require_same_ties(path: Path, file_groups: list[list[str]], model: torch.nn.Module) -> None:
     """The one tie check on load: the file's groups must be the model's (a mismatch is the
     transformers failure where a round trip gives a random head)."""
-    if sorted(map(sorted, file_groups)) != tied_groups(model):
-        raise CheckpointError(f"{path}: file ties {file_groups} but the model built from its "
-                              f"config ties {tied_groups(model)}")
+    ours, theirs = tied_groups(model), sorted(map(sorted, file_groups))
+    if theirs != ours:
+        only_file = [g for g in theirs if g not in ours][:2]
+        only_model = [g for g in ours if g not in theirs][:2]
+        raise CheckpointError(f"{path}: the file ties {only_file or 'nothing more'} that the model "
+                              f"built from its config does not, and the model ties "
+                              f"{only_model or 'nothing more'} (model.tie_embeddings, model.layer_map)")
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, assign: bool = False) -> None:

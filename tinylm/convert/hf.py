@@ -40,7 +40,7 @@ from tinylm.data.corpus import DataError
 from tinylm.data.tokenizer import EOT, Tokenizer
 from tinylm.model.config import GPTConfig
 from tinylm.model.gpt import GPT
-from tinylm.sharing.tying import check_ties
+from tinylm.sharing.tying import TieError, check_ties
 
 
 class HFConvertError(ValueError):
@@ -64,7 +64,23 @@ def hf_config(cfg: GPTConfig, eot_id: int) -> dict:
         "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
         "initializer_range": cfg.init_std, "bos_token_id": eot_id, "eos_token_id": eot_id,
         "torch_dtype": "float32",
+        # transformers ignores it; tinylm's import reads it to share the unrolled blocks again
+        **({"tinylm_layer_map": list(cfg.depth_map)} if cfg.n_unique_layers < cfg.n_layer else {}),
     }
+
+
+def unroll_note(model: GPT) -> str | None:
+    """The log line for a model whose blocks are shared across depth: Llama has no such
+    sharing, so the export stores every depth's copy and is that much bigger."""
+    c = model.config
+    if c.n_unique_layers == c.n_layer:
+        return None
+    ours = sum(p.numel() for p in model.parameters())
+    theirs = sum(t.numel() for t in hf_tensors(model).values()) + (c.padded_vocab_size - c.vocab_size
+                                                                   ) * c.n_embd * (1 + (not c.tie_embeddings))
+    return (f"unrolled the layer map: {c.n_layer} depths over {c.n_unique_layers} unique blocks "
+            f"-> {c.n_layer} Llama layers; {theirs / ours:.2f}x the tensors of the tinylm "
+            f"checkpoint ({theirs * 4 / 1e6:.1f} vs {ours * 4 / 1e6:.1f} MB in fp32)")
 
 
 def hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
@@ -87,15 +103,19 @@ def hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def export_to_hf(ckpt: str | Path, out: str | Path) -> Path:
+def export_to_hf(ckpt: str | Path, out: str | Path, say=print) -> Path:
     """Write checkpoint ``ckpt`` (or a run dir's latest) as a transformers model directory
     ``out`` (which must not exist or be empty): config.json, model.safetensors,
-    tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json."""
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json.
+    Blocks shared across depth are unrolled (Llama has one block per layer): ``say`` gets
+    the line saying how much bigger that makes the files."""
     ckpt, out = resolve_checkpoint(ckpt), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HFConvertError(f"{out}: exists and is not an empty directory")
     model, _ = load_model(ckpt)
     tok = Tokenizer.load(ckpt / TOKENIZER_FILE)
+    if (note := unroll_note(model)) is not None:
+        say(note)
     with atomic_dir(out) as tmp:
         with atomic_path(tmp / "model.safetensors") as f:
             save_file(hf_tensors(model), str(f), metadata={"format": "pt"})
@@ -143,7 +163,8 @@ def gpt_config(hf: dict, path: Path) -> GPTConfig:
                          n_kv_head=hf.get("num_key_value_heads") or heads, head_size=head_size,
                          mlp_hidden=hf["intermediate_size"], rope_theta=float(theta),
                          norm_eps=hf.get("rms_norm_eps", 1e-6),
-                         tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+                         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                         layer_map=hf.get("tinylm_layer_map"))
     except KeyError as e:
         raise HFConvertError(f"{path}: no {e.args[0]} in config.json") from None
     except ValueError as e:
@@ -228,7 +249,11 @@ def import_from_hf(hf_dir: str | Path, out: str | Path) -> Path:
                              f"vocab_size={cfg.vocab_size}")
     with torch.device("meta"):
         model = GPT(cfg)
-    model.load_state_dict(_tinylm_tensors(hf_dir, cfg), strict=True, assign=True)
+    try:  # a shared block's depths must hold equal copies (the tie guard compares them)
+        model.load_state_dict(_tinylm_tensors(hf_dir, cfg), strict=True, assign=True)
+    except TieError as e:
+        raise HFConvertError(f"{hf_dir}: tinylm_layer_map={list(cfg.depth_map)} shares blocks, "
+                             f"but the file's layers differ ({e})") from None
     check_ties(model)  # tied config: one Parameter for embedding and head
     with atomic_dir(out) as tmp:
         write_checkpoint(tmp, model, {"model": cfg.to_dict()}, hf_dir / "tokenizer.json",

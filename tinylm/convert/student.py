@@ -107,11 +107,23 @@ def select_layers(spec: str, teacher_layers: int, student_layers: int | None = N
 # -- the student's shape -----------------------------------------------------------------------
 
 
-def student_config(teacher: GPTConfig, n_layer: int, n_embd: int | None = None) -> GPTConfig:
-    """The teacher's config with ``n_layer`` blocks and, optionally, a narrower width (fewer
-    heads of the same head_dim; see the module docstring)."""
+def student_layer_map(teacher: GPTConfig, chosen: list[int]) -> list[int] | None:
+    """The student's layer map for the teacher depths ``chosen``: two chosen depths that run
+    one teacher block run one student block (so the student computes what those depths of
+    the teacher did), numbered in order of first use; None when nothing is shared."""
+    blocks = [teacher.depth_map[d] for d in chosen]
+    order = list(dict.fromkeys(blocks))
+    return None if len(order) == len(blocks) else [order.index(b) for b in blocks]
+
+
+def student_config(teacher: GPTConfig, n_layer: int, n_embd: int | None = None,
+                   layer_map: list[int] | None = None) -> GPTConfig:
+    """The teacher's config with ``n_layer`` depths (sharing blocks as ``layer_map`` says)
+    and, optionally, a narrower width (fewer heads of the same head_dim; see the module
+    docstring)."""
+    teacher = replace(teacher, layer_map=None)  # the teacher's map is over its own depths
     if n_embd is None or n_embd == teacher.n_embd:
-        return replace(teacher, n_layer=n_layer)
+        return replace(teacher, n_layer=n_layer, layer_map=layer_map)
     hd = teacher.head_dim
     if teacher.kv_heads != teacher.n_head or teacher.head_size:
         raise ValueError(f"n_embd={n_embd}: narrowing a grouped-query teacher or one whose "
@@ -126,7 +138,8 @@ def student_config(teacher: GPTConfig, n_layer: int, n_embd: int | None = None) 
     hidden = 0
     if teacher.mlp_hidden:
         hidden = max(1, teacher.mlp_hidden * n_embd // teacher.n_embd)
-    return replace(teacher, n_layer=n_layer, n_embd=n_embd, n_head=n_embd // hd, mlp_hidden=hidden)
+    return replace(teacher, n_layer=n_layer, n_embd=n_embd, n_head=n_embd // hd, mlp_hidden=hidden,
+                   layer_map=layer_map)
 
 
 def _slice(name: str, w: torch.Tensor, t: GPTConfig, s: GPTConfig) -> tuple[torch.Tensor, str]:
@@ -167,31 +180,38 @@ def make_student(teacher: GPT, layers: str, n_embd: int | None = None) -> tuple[
     docstring). Returns the student (train mode, on the teacher's device and dtype) and a report
     with every teacher tensor, copied (teacher name -> student name) or skipped (with why).
 
-    The student's tie is its own Parameter; nothing is shared with the teacher.
+    The student's tie is its own Parameter; nothing is shared with the teacher. Over a
+    teacher that shares blocks across depth, ``layers`` picks depths: chosen depths that run
+    one teacher block share one student block (:func:`student_layer_map`), copied once.
     """
     if not isinstance(teacher, GPT):
         raise TypeError(f"make_student: teacher must be a tinylm GPT, got {type(teacher).__name__}")
     chosen = select_layers(layers, teacher.config.n_layer)
-    cfg = student_config(teacher.config, len(chosen), n_embd)
+    cfg = student_config(teacher.config, len(chosen), n_embd,
+                         student_layer_map(teacher.config, chosen))
     ref = next(teacher.parameters())
     student = GPT(cfg).to(device=ref.device, dtype=ref.dtype)
     keep = {i: j for j, i in enumerate(chosen)}
 
-    report = CopyReport(title=f"make_student (layers {layers} -> teacher blocks {chosen})")
+    title = f"make_student (layers {layers} -> teacher depths {chosen}"
+    if teacher.config.n_unique_layers < teacher.config.n_layer:  # say what became of the shares
+        title += (f", which run its unique blocks {[teacher.config.depth_map[d] for d in chosen]}, so the "
+                  f"student's layer_map is {cfg.layer_map or 'none (nothing shared)'}")
+    report = CopyReport(title=title + ")")
     values: dict[str, torch.Tensor] = {}
     groups = {n: g for g in tied_groups(teacher) for n in g}
-    done: set[int] = set()  # teacher Parameters already copied (a tie group is copied once)
+    copied: dict[int, tuple[str, str]] = {}  # teacher Parameter -> (teacher name, student name)
     for name, p in teacher.named_parameters(remove_duplicate=False):
         target = _student_name(name, keep)
         if target is None:
             report.skipped.append((name, f"block {name.split('.')[1]} not selected"))
             continue
-        if id(p) in done:
-            first = next(n for n in groups[name] if n != name)
-            report.copied.append(Copied(name, target, tuple(values[_student_name(first, keep)].shape),
+        if id(p) in copied:  # a tie group, or a block shared across depth, is copied once
+            first, first_target = copied[id(p)]
+            report.copied.append(Copied(name, target, tuple(values[first_target].shape),
                                         f"tied to {first}: copied with it (the student's own tie)"))
             continue
-        done.add(id(p))
+        copied[id(p)] = (name, target)
         part, note = _slice(name, p.detach(), teacher.config, cfg)
         values[target] = part
         if name in groups:

@@ -109,7 +109,7 @@ def shard(model: nn.Module, mesh, cfg: ParallelConfig) -> nn.Module:
     """Apply FSDP2 in place: one group per block, then the root (embedding = head, norm)."""
     from torch.distributed.fsdp import fully_shard
 
-    for layer in model.layers:
+    for layer in dict.fromkeys(model.layers):  # a block shared across depth: one group, once
         fully_shard(layer, mesh=mesh, reshard_after_forward=cfg.reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=cfg.reshard_after_forward)
     check_grouping(model)
@@ -227,7 +227,7 @@ def wrap(raw: nn.Module, acc, cfg: ParallelConfig,
     ensure_process_group(acc.device)
     raw.to(acc.device)
     if compile_blocks:  # per block, before sharding (torchtitan's order)
-        for layer in raw.layers:
+        for layer in dict.fromkeys(raw.layers):  # each unique block once
             layer.compile()
     shard(raw, device_mesh(acc.device, cfg), cfg)
     optimizers = acc.prepare(*build_optimizers(raw))

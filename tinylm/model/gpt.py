@@ -25,7 +25,7 @@ from torch import nn
 from tinylm.model.config import GPTConfig
 from tinylm.model.kv_cache import KVCache, check_room, decode_block
 from tinylm.model.rotary import Rotary, rotary_cos_sin
-from tinylm.sharing.tying import TieGuarded, tie
+from tinylm.sharing.tying import TieGuarded, share_modules, tie
 
 
 class RMSNorm(nn.Module):
@@ -162,11 +162,15 @@ class GPT(TieGuarded):
         with torch.device("meta"):
             self.embed_tokens = nn.Embedding(config.padded_vocab_size, config.n_embd)
             self.drop = nn.Dropout(config.dropout)
-            self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+            blocks = [Block(config) for _ in range(config.n_unique_layers)]
+            # one entry per depth; depths that share a block hold the same instance
+            self.layers = nn.ModuleList(blocks[b] for b in config.depth_map)
             self.norm = RMSNorm(config.n_embd, config.norm_eps)
             self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             tie(self.embed_tokens, "weight", self.lm_head, "weight")
+        share_modules(self, ([f"layers.{d}" for d, b in enumerate(config.depth_map) if b == u]
+                             for u in range(config.n_unique_layers)))
         if device.type != "meta":
             self.to_empty(device=device)
             self.reset_parameters()
@@ -196,7 +200,8 @@ class GPT(TieGuarded):
 
     # -- size and cost -----------------------------------------------------------------------
     def num_params(self) -> int:
-        """Unique parameters: the tied matrix counts once, with its padding rows."""
+        """Unique parameters: the tied matrix counts once, with its padding rows, and a block
+        shared across depth once."""
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
@@ -204,14 +209,13 @@ class GPT(TieGuarded):
 
         6 per matmul weight (the norm scales are no matmul, nor is the embedding lookup; the
         tied matrix is counted once, as the head, padding rows included: they are computed),
-        plus attention scores and values, 12 * layers * heads * head_dim * seq_len. Tested against
-        torch's FlopCounterMode.
+        plus attention scores and values, 12 * layers * heads * head_dim * seq_len. A block
+        shared across depth is counted at every depth it runs: parameters are stored once,
+        compute is paid per use. Tested against torch's FlopCounterMode.
         """
         c, T = self.config, seq_len or self.config.block_size
-        matmul_params = sum(p.numel() for p in self.parameters() if p.dim() >= 2)
-        if not c.tie_embeddings:
-            matmul_params -= self.embed_tokens.weight.numel()
-        return 6 * matmul_params + 12 * c.n_layer * c.n_head * c.head_dim * T
+        per_depth = sum(p.numel() for b in self.layers for p in b.parameters() if p.dim() >= 2)
+        return 6 * (per_depth + self.lm_head.weight.numel()) + 12 * c.n_layer * c.n_head * c.head_dim * T
 
     # -- forward -----------------------------------------------------------------------------
     def forward(

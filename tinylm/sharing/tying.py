@@ -13,6 +13,8 @@ Public API::
     tied_groups(module) -> list[list[str]]
     declared_ties(module) -> list[TieInfo]
     check_ties(module, expected=None)       # raises TieError
+    share_modules(root, groups)             # declare: these submodule names are ONE module
+    shared_modules(module) -> list[list[str]]
     TieGuarded                              # base class for roots that own ties
     TieError
 
@@ -43,6 +45,7 @@ Transform = Literal["same", "transpose"]
 _TIES_ATTR = "_tinylm_ties"  # on a dst module: {dst_name: _TieSpec}
 _SOURCES_ATTR = "_tinylm_tie_sources"  # on a src module: [(dst_module, dst_name)]
 _HOOKED_ATTR = "_tinylm_tie_hooked"  # a module whose load hook is registered
+_SHARES_ATTR = "_tinylm_module_shares"  # on a root: [[submodule names that are one module]]
 
 
 class TieError(RuntimeError):
@@ -228,6 +231,42 @@ def declared_ties(module: nn.Module) -> list[TieInfo]:
     return out
 
 
+def share_modules(root: nn.Module, groups: Iterable[Iterable[str]]) -> None:
+    """Declare that each group of submodule names of ``root`` is ONE module instance (a block
+    run at several depths): every parameter inside is then one Parameter under several names,
+    so both uses' gradients sum into one ``.grad``, an optimizer keeps one state and a
+    checkpoint stores it once. :func:`check_ties` verifies the declaration."""
+    declared = [sorted(g) for g in groups if len(list(g)) > 1]
+    for group in declared:
+        first = root.get_submodule(group[0])
+        if any(root.get_submodule(n) is not first for n in group[1:]):
+            raise TieError(f"share_modules: {group} are not one module instance")
+    setattr(root, _SHARES_ATTR, getattr(root, _SHARES_ATTR, []) + declared)
+
+
+def shared_modules(module: nn.Module) -> list[list[str]]:
+    """Submodule names under which one module instance is reachable, one list per instance
+    (outermost only: the submodules of a shared block are not listed again)."""
+    names: dict[int, list[str]] = {}
+    for name, m in module.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), []).append(name)
+    groups = sorted(sorted(g) for g in names.values() if len(g) > 1)
+    return [g for g in groups
+            if not any(g[0].startswith(o[0] + ".") for o in groups if o is not g)]
+
+
+def _check_shares(module: nn.Module) -> None:
+    for group in getattr(module, _SHARES_ATTR, []):
+        try:
+            mods = [module.get_submodule(n) for n in group]
+        except AttributeError:
+            raise TieError(f"share broken: {group} should be one module, but "
+                           "not all of them exist") from None
+        if any(m is not mods[0] for m in mods[1:]):
+            raise TieError(f"share broken: {', '.join(group)} should be one module instance "
+                           "(a block shared across depth) but are distinct copies")
+
+
 def _storage_key(p: torch.Tensor) -> tuple | None:
     if p.device.type == "meta" or p.numel() == 0:
         return None
@@ -241,12 +280,15 @@ def check_ties(module: nn.Module, expected: Iterable[Iterable[str]] | None = Non
     """Raise :class:`TieError` unless every tie in ``module`` is one Parameter.
 
     Checks, in order:
+    0. every module share declared with :func:`share_modules` is one module instance;
     1. every tie declared with :func:`tie` is intact (the two modules hold the same object);
     2. every group in ``expected`` (e.g. read back from a checkpoint's config) names one
        Parameter;
     3. no two distinct Parameters alias one storage (a fake tie).
     """
     names = _param_names(module)
+    for m in module.modules():
+        _check_shares(m)
     for mname, m in module.named_modules():
         for dst_name, spec in getattr(m, _TIES_ATTR, {}).items():
             s = spec.src_module._parameters.get(spec.src_name)
