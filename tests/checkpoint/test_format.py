@@ -128,3 +128,24 @@ def test_format_1_checkpoints_still_load(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="format 1 checkpoint with vocab_size=384.*"
                                                    r"a model of vocab_size=300$"):
         ckpt.load_model(old)
+
+
+def test_a_block_shared_across_depth_is_stored_once_and_shared_again(tmp_path):
+    """6 depths over 2 unique blocks (cycle:2): the file holds 2 blocks, the model built from
+    the config shares them again, and a model without the map refuses the file."""
+    model = gpt(n_layer=6, layer_map="cycle:2")
+    ckpt.save_model(model, tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        stored = {k.split(".")[1] for k in f.keys() if k.startswith("layers.")}
+    assert stored == {"0", "1"}
+    fresh = gpt(n_layer=6, layer_map="cycle:2")
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    ckpt.load_weights(fresh, tmp_path / "m.safetensors")
+    assert fresh.layers[0] is fresh.layers[2] is fresh.layers[4]
+    assert torch.equal(fresh.layers[4].mlp.down_proj.weight, model.layers[0].mlp.down_proj.weight)
+    with pytest.raises(ckpt.CheckpointError, match=r"the file ties \[\['layers.0.input_layernorm.weight', "
+                       r"'layers.2.input_layernorm.weight', 'layers.4.input_layernorm.weight'\].*"
+                       r"model.layer_map"):
+        ckpt.load_weights(gpt(n_layer=6), tmp_path / "m.safetensors")

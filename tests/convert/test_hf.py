@@ -22,6 +22,8 @@ from tinylm.checkpoint.format import load_for_inference
 from tinylm.convert.hf import HFConvertError, export_to_hf, import_from_hf
 from tinylm.data.tokenizer import EOT, Tokenizer
 from tinylm.infer.generate import generate
+from tinylm.model.config import GPTConfig
+from tinylm.model.gpt import GPT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEXT = "Grüße aus Köln: naïve café, 日本語, λόγος 🙂 — the end."
@@ -123,6 +125,57 @@ def test_tinylm_hf_tinylm_is_bitwise(tmp_path, tiny_run):
     assert sorted(a) == sorted(b) and groups == [["embed_tokens.weight", "lm_head.weight"]]
     for name in a:
         assert torch.equal(a[name].view(torch.uint8), b[name].view(torch.uint8)), name
+
+
+def looped_checkpoint(tmp: Path, tokenizer_file: Path) -> Path:
+    """A tinylm checkpoint of 5 depths over 3 unique blocks (blocks 1-2 run twice)."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=Tokenizer.load(tokenizer_file).vocab_size, block_size=64, n_layer=5,
+                    n_head=4, n_embd=64, n_kv_head=2, layer_map=[0, 1, 2, 1, 2], init_std=0.1)
+    out = tmp / "looped"
+    out.mkdir()
+    ckpt.write_checkpoint(out, GPT(cfg), {"model": cfg.to_dict()}, tokenizer_file, extra={"step": 0})
+    return out
+
+
+def test_a_looped_model_exports_unrolled_and_imports_shared_again(tmp_path, tokenizer_file, caplog,
+                                                                  capfd):
+    """Llama has one block per layer: the export writes every depth (and says how much bigger
+    that is), transformers computes the same logits, and config.json's tinylm_layer_map lets
+    the import share the blocks again, bitwise."""
+    looped = looped_checkpoint(tmp_path, tokenizer_file)
+    said = []
+    out = export_to_hf(looped, tmp_path / "hf", say=said.append)
+    assert said == ["unrolled the layer map: 5 depths over 3 unique blocks -> 5 Llama layers; "
+                    "1.59x the tensors of the tinylm checkpoint (1.1 vs 0.7 MB in fp32)"]  # by hand:
+    # block 49280, matrix 320x64, norm 64: (20480 + 5 x 49280 + 64) / (20480 + 3 x 49280 + 64)
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 5 and config["tinylm_layer_map"] == [0, 1, 2, 1, 2]
+    capfd.readouterr()
+    hf, report = load_and_report(out, caplog, capfd)
+    assert not any(word in report for word in ("missing", "unexpected", "newly initialized")), report
+    model, _ = ckpt.load_model(looped)
+    ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), rtol=0, atol=1e-5)
+    back, _ = ckpt.load_model(import_from_hf(out, tmp_path / "back"))
+    assert back.config.depth_map == (0, 1, 2, 1, 2) and back.layers[1] is back.layers[3]
+    a, _ = ckpt.read_weights(looped / ckpt.MODEL_FILE)
+    b, _ = ckpt.read_weights(tmp_path / "back" / ckpt.MODEL_FILE)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_an_import_refuses_a_layer_map_over_layers_that_differ(tmp_path, tokenizer_file):
+    from safetensors.torch import load_file, save_file
+
+    out = export_to_hf(looped_checkpoint(tmp_path, tokenizer_file), tmp_path / "hf", say=lambda s: None)
+    weights = load_file(out / "model.safetensors")
+    weights["model.layers.3.mlp.down_proj.weight"] += 1  # depth 3 no longer equals depth 1
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(HFConvertError, match=r"tinylm_layer_map=\[0, 1, 2, 1, 2\] shares blocks, "
+                                             r"but the file's layers differ"):
+        import_from_hf(out, tmp_path / "back")
+    assert not (tmp_path / "back").exists()
 
 
 def test_heads_wider_than_hidden_over_heads_import_exactly(tmp_path, tokenizer_file):

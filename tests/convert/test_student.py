@@ -289,3 +289,23 @@ def test_init_from_refuses_other_tokenizer_and_other_architecture(trained, tmp_p
         init_from(GPT(wrong), out, out / "tokenizer.json")
     with pytest.raises(CheckpointError, match=f"vocab_size {vocab}, but this run's tokenizer gives 64"):
         init_model_config(out, vocab_size=64)
+
+
+def test_a_student_of_a_looped_teacher_shares_what_its_depths_shared():
+    """Teacher: 4 depths over 2 blocks (cycle:2 = [0, 1, 0, 1]). every:2 takes depths 0 and 2,
+    which run one teacher block: the student runs one block twice (layer_map [0, 0]), copied
+    once; first:2 takes two different blocks: a plain student."""
+    from tinylm.sharing.tying import shared_modules
+
+    torch.manual_seed(0)
+    teacher = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=4, n_head=2, n_embd=32,
+                            layer_map="cycle:2"))
+    student, report = make_student(teacher, "every:2")
+    assert student.config.depth_map == (0, 0) and shared_modules(student) == [["layers.0", "layers.1"]]
+    assert torch.equal(student.layers[1].mlp.down_proj.weight, teacher.layers[2].mlp.down_proj.weight)
+    assert student.num_params() == teacher.num_params() - sum(p.numel() for p in teacher.layers[1].parameters())
+    assert str(report).startswith("make_student (layers every:2 -> teacher depths [0, 2], which run "
+                                  "its unique blocks [0, 0], so the student's layer_map is [0, 0])")
+    plain, report = make_student(teacher, "first:2")
+    assert plain.config.layer_map is None and shared_modules(plain) == []
+    assert "so the student's layer_map is none (nothing shared)" in str(report)

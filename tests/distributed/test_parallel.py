@@ -214,3 +214,28 @@ def test_parallel_config_is_validated():
     with pytest.raises(ConfigError, match=r"parallel.strategy='zero3': expected one of ddp, fsdp2"):
         load_config("configs/tiny.yaml", ["parallel.strategy=zero3"])
     assert load_config("configs/tiny.yaml").parallel.strategy == "ddp"
+
+
+@pytest.mark.slow
+def test_a_block_shared_across_depth_is_one_group_and_fsdp2_equals_ddp(tmp_path, corpus):
+    """4 depths over 2 unique blocks (cycle:2): FSDP2 shards each block once and all-gathers
+    it for each of its uses; losses and final weights equal DDP's, every shared matrix is a
+    tie group the sync check covers, and the checkpoint stores each block once."""
+    looped = {**STEPS, "model.n_layer": 4, "model.layer_map": "cycle:2"}
+    logs, runs = {}, {}
+    for strategy in ("ddp", "fsdp2"):
+        tmp = tmp_path / strategy
+        tmp.mkdir()
+        proc, logs[strategy], res = launch(tmp, corpus, **looped, **{"parallel.strategy": strategy})
+        assert finished(proc, logs[strategy], res), failure_excerpt(logs[strategy])
+        runs[strategy] = tmp / "run"
+    assert "parallel: fsdp2 (2 shard(s); groups: 2 blocks (run at 4 depths) + root" in logs["fsdp2"]
+    for log in logs.values():  # embed=head, and the 6 tensors of each of the 2 shared blocks
+        assert re.findall(r"sync check @ step (\d+): 13 tie group\(s\)", log) == ["0", "10"]
+    torch.testing.assert_close(torch.tensor(losses(runs["fsdp2"])), torch.tensor(losses(runs["ddp"])),
+                               rtol=1e-5, atol=0)
+    assert_close(weights(runs["fsdp2"], 20), weights(runs["ddp"], 20), rtol=1e-5)
+    stored = weights(runs["fsdp2"], 20)
+    assert {n.split(".")[1] for n in stored if n.startswith("layers.")} == {"0", "1"}
+    model, _ = ckpt.load_model(runs["fsdp2"] / "checkpoints" / "step-20")
+    assert model.layers[0] is model.layers[2] and model.layers[1] is model.layers[3]

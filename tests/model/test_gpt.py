@@ -1,5 +1,5 @@
-"""The GPT: shapes, causality, init loss, size and cost accounting (its KV cache:
-test_kv_cache.py; rotary: test_rotary.py)."""
+"""The GPT: shapes, causality, init loss, size and cost accounting, blocks shared across depth
+(its KV cache: test_kv_cache.py; rotary: test_rotary.py; the map's forms: test_config.py)."""
 
 import math
 
@@ -75,14 +75,15 @@ def test_param_count_worked_by_hand():
     assert make(tie_embeddings=False).num_params() == 37024 + 128 * 32  # a second matrix
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_flops_per_token_equals_torchs_flop_counter(tied):
+@pytest.mark.parametrize("kw", [{}, dict(tie_embeddings=False), dict(n_layer=4, layer_map="cycle:2")])
+def test_flops_per_token_equals_torchs_flop_counter(kw):
     """An independent count: torch's FlopCounterMode over a real forward + backward, with
-    SDPA's math backend so attention runs as counted matmuls."""
+    SDPA's math backend so attention runs as counted matmuls. A block shared across depth
+    costs compute at every depth it runs."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    model, T = make(tie_embeddings=tied).train(), 24
+    model, T = make(**kw).train(), 24
     x = torch.randint(0, 101, (3, T))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         _, loss = model(x, x)
@@ -153,3 +154,74 @@ def test_meta_built_model_materializes_equal_to_an_eager_one_tie_intact():
     assert lazy.state_dict().keys() == eager.state_dict().keys()
     for name, t in eager.state_dict().items():
         assert torch.equal(t, lazy.state_dict()[name]), name
+
+
+# -- blocks shared across depth (model.layer_map) ---------------------------------------------
+
+def unrolled_copy(looped: GPT) -> GPT:
+    """A plain model with the same weights at every depth: each depth its own copy."""
+    plain = make(n_layer=looped.config.n_layer)
+    plain.load_state_dict({k: v.clone() for k, v in looped.state_dict().items()})
+    return plain
+
+
+def test_a_shared_block_is_one_instance_counted_once_and_reported():
+    from tinylm.sharing.tying import check_ties, shared_modules, tied_groups
+
+    model = make(n_layer=5, layer_map=[0, 1, 2, 1, 2])  # blocks 1-2 run twice
+    assert model.layers[1] is model.layers[3] and model.layers[2] is model.layers[4]
+    assert model.layers[0] is not model.layers[1]
+    assert shared_modules(model) == [["layers.1", "layers.3"], ["layers.2", "layers.4"]]
+    groups = tied_groups(model)
+    assert ["layers.1.mlp.down_proj.weight", "layers.3.mlp.down_proj.weight"] in groups
+    assert len(groups) == 1 + 2 * 6  # the embedding/head, and 6 tensors per shared block
+    assert model.num_params() == make(n_layer=3).num_params()  # 3 unique blocks stored
+    check_ties(model)
+
+
+def test_a_shared_block_sums_the_gradients_of_its_depths():
+    """One Parameter at two depths: its .grad is the sum of what an unrolled copy's two
+    depths get, and the forward is the unrolled model's."""
+    looped = make(n_layer=4, layer_map="cycle:2").train()
+    plain = unrolled_copy(looped).train()
+    x = torch.randint(0, 101, (3, 24))
+    for m in (looped, plain):
+        _, loss = m(x, x.roll(-1, 1))
+        loss.backward()
+    torch.testing.assert_close(looped(x), plain(x), rtol=1e-5, atol=1e-6)
+    for name, p in looped.layers[0].named_parameters():
+        summed = plain.layers[0].get_parameter(name).grad + plain.layers[2].get_parameter(name).grad
+        torch.testing.assert_close(p.grad, summed, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_share_broken_by_a_copy_is_caught_and_loading_keeps_it():
+    import copy
+
+    from tinylm.sharing.tying import TieError, check_ties
+
+    model = make(n_layer=4, layer_map="repeat:2")
+    fresh = make(n_layer=4, layer_map="repeat:2")
+    fresh.load_state_dict(model.state_dict(), assign=True)  # every depth's entry assigned
+    assert fresh.layers[0] is fresh.layers[1]
+    check_ties(fresh)
+    broken = copy.deepcopy(model)  # deepcopy keeps the share (one memo per instance)...
+    assert broken.layers[0] is broken.layers[1]
+    broken.layers[1] = copy.deepcopy(broken.layers[0])  # ...replacing one depth breaks it
+    with pytest.raises(TieError, match="share broken: layers.0, layers.1 should be one module"):
+        check_ties(broken)
+    state = model.state_dict()
+    state["layers.1.mlp.down_proj.weight"] = state["layers.1.mlp.down_proj.weight"] + 1
+    with pytest.raises(TieError, match="state dict disagrees with a tie"):
+        fresh.load_state_dict(state)
+
+
+def test_activation_checkpointing_recomputes_each_depth_of_a_shared_block():
+    plain = make(n_layer=4, layer_map="cycle:2").train()
+    recompute = make(n_layer=4, layer_map="cycle:2", activation_checkpointing=True).train()
+    recompute.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 101, (3, 24))
+    for m in (plain, recompute):
+        _, loss = m(x, x.roll(-1, 1))
+        loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), recompute.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7, msg=name)

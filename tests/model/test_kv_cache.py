@@ -51,3 +51,22 @@ def test_kv_cache_left_padding_matches_unpadded():
                                rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(step[1, 0], model(torch.cat([long_, torch.tensor([[4]])], 1))[0, -1],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_a_block_shared_across_depth_gets_one_cache_slot_per_depth():
+    """A looped model's cache holds every depth's keys and values (its depth, not its block,
+    picks the slot): cached decoding, eager and lean, equals recomputation. One slot per
+    block would hand the second use of a block the first use's keys."""
+    model = make(n_layer=5, layer_map=[0, 1, 2, 1, 2])
+    x = torch.randint(0, 101, (2, 20))
+    full = model(x)
+    cache = KVCache(model.config, batch_size=2)
+    assert cache.k.shape[0] == 5  # depths, not the 3 unique blocks
+    parts = [model(x[:, :7], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(7, 20)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-5)
+    with torch.inference_mode():
+        cache = KVCache(model.config, batch_size=2)
+        model(x[:, :7], cache=cache)
+        steps = [model.decode_step(x[:, t:t + 1], cache) for t in range(7, 20)]
+    torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 7:], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(cache.k[1], cache.k[3])  # block 1's two depths saw different inputs

@@ -248,3 +248,24 @@ def test_to_empty_from_meta_keeps_a_tie(transform):
     pair.to_empty(device="cpu")
     check_ties(pair)
     assert len(list(pair.parameters())) == 1 and not next(pair.parameters()).is_meta
+
+
+def test_module_shares_are_declared_listed_and_checked_on_any_module():
+    """share_modules is the toolkit's, not the GPT's: one Linear at two places of a Sequential
+    (ALBERT-style reuse) is one module, its weight one Parameter under two names, and
+    replacing one place with a copy is a TieError naming both."""
+    import copy
+
+    from tinylm.sharing.tying import share_modules, shared_modules
+
+    inner = nn.Linear(4, 4)
+    root = nn.Sequential(inner, nn.ReLU(), inner, nn.Sequential(inner))
+    share_modules(root, [["0", "2", "3.0"]])
+    assert shared_modules(root) == [["0", "2", "3.0"]]  # its weight and bias: not listed again
+    assert tied_groups(root) == [["0.bias", "2.bias", "3.0.bias"], ["0.weight", "2.weight", "3.0.weight"]]
+    check_ties(root)
+    with pytest.raises(TieError, match=r"share_modules: \['0', '1'\] are not one module instance"):
+        share_modules(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), [["0", "1"]])
+    root[2] = copy.deepcopy(inner)
+    with pytest.raises(TieError, match="share broken: 0, 2, 3.0 should be one module instance"):
+        check_ties(root)

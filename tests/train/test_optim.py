@@ -1,4 +1,5 @@
-"""tinylm.train.optim: the learning-rate schedule and AdamW's one state for the tied matrix."""
+"""tinylm.train.optim: the learning-rate schedule, and one optimizer state for each tied matrix
+and each block shared across depth (AdamW and Muon)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,24 @@ def test_set_lr_moves_every_group_along_one_curve():
     set_lr(opts, 2.5e-4, cfg.lr)  # a quarter of the peak
     assert {g["lr"] for g in opts[0].param_groups} == {2.5e-4}
     assert opts[1].param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_a_block_shared_across_depth_has_one_state_per_matrix(name):
+    """4 depths over 2 unique blocks: every shared matrix is in exactly one optimizer once,
+    with one state after a step, however many depths use it."""
+    from tinylm.train.optim import build_optimizers
+
+    model = GPT(GPTConfig(vocab_size=70, block_size=16, n_layer=4, n_head=2, n_embd=32,
+                          layer_map="repeat:2"))
+    optimizers = build_optimizers(model, OptimConfig(name=name))
+    ids = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each unique one once
+    assert len(ids) == 1 + 2 * 6 + 1  # the tied matrix, 2 blocks x 6 tensors, the final norm
+    model(torch.randint(0, 70, (2, 16)), torch.randint(0, 70, (2, 16)))[1].backward()
+    for opt in optimizers:
+        opt.step()
+    states = [opt.state for opt in optimizers]
+    w = model.layers[0].mlp.down_proj.weight
+    assert w is model.layers[1].mlp.down_proj.weight
+    assert sum(w in s for s in states) == 1 and sum(len(s) for s in states) == len(ids)

@@ -84,7 +84,8 @@ def unroll_note(model: GPT) -> str | None:
 
 
 def hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
-    """The model's weights under transformers' Llama names (row slices: views, no copies)."""
+    """The model's weights under transformers' Llama names (row slices: views, no copies,
+    except for the later depths of a block shared across depth: Llama wants each its own)."""
     c = model.config
     q, kv = c.n_head * c.head_dim, c.kv_heads * c.head_dim
     out = {"model.embed_tokens.weight": model.embed_tokens.weight[:c.vocab_size],
@@ -100,7 +101,13 @@ def hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
             p + "mlp.down_proj.weight": b.mlp.down_proj.weight,
             p + "input_layernorm.weight": b.input_layernorm.weight,
             p + "post_attention_layernorm.weight": b.post_attention_layernorm.weight})
-    return {k: v.detach().contiguous() for k, v in out.items()}
+    seen: set[tuple[int, int]] = set()  # a block shared across depth: each depth its own copy
+    for k, v in out.items():
+        v = v.detach().contiguous()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        out[k] = v.clone() if key in seen else v
+        seen.add(key)
+    return out
 
 
 def export_to_hf(ckpt: str | Path, out: str | Path, say=print) -> Path:

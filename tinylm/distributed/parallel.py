@@ -242,7 +242,10 @@ def describe(model: nn.Module, num_processes: int) -> str:
     mesh, shape = p.device_mesh, tuple(p.device_mesh.shape)
     kind = "hsdp" if mesh.ndim == 2 else "fsdp2"
     layout = f"{shape[0]} replica(s) x {shape[1]} shard(s)" if mesh.ndim == 2 else f"{shape[0]} shard(s)"
-    return f"{kind} ({layout}; groups: {len(unwrap(model).layers)} blocks + {tie_group_label(model)})"
+    layers = unwrap(model).layers
+    blocks = f"{len(set(map(id, layers)))} blocks" + (
+        f" (run at {len(layers)} depths)" if len(set(map(id, layers))) < len(layers) else "")
+    return f"{kind} ({layout}; groups: {blocks} + {tie_group_label(model)})"
 
 
 def full_state_dict(model: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
