@@ -90,7 +90,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=r"prompt \d+ has")  # a small context crops prompts
 
     if args.checkpoint:
-        from tinylm.checkpoint.format import load_for_inference
+        from tinylm.checkpoint.load import load_for_inference
 
         model, tok, _ = load_for_inference(args.checkpoint)
         models = {"checkpoint": model}

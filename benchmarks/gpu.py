@@ -112,7 +112,7 @@ def generation(ckpt: Path, device: str) -> list[dict]:
     """Rows of tokens/s at batch 1 and 8, KV cache, 100 new tokens per row, after a warm-up:
     the eager one-token step, and on CUDA also the step replayed as a CUDA graph (its ratio to
     eager, and whether its greedy text equals eager's on this checkpoint)."""
-    from tinylm.checkpoint.format import load_for_inference
+    from tinylm.checkpoint.load import load_for_inference
     from tinylm.infer.generate import generate
 
     model, tok, _ = load_for_inference(ckpt, device)

@@ -17,7 +17,9 @@ model.config: GPTConfig
 model.autoencoder: TiedAutoencoder
 data.tokenizer: Tokenizer
 data.prepare: DataConfig prepare
-checkpoint.format: load_model load_for_inference
+checkpoint.format: load_model
+checkpoint.load: load_for_inference
+checkpoint.artifact: pack load_artifact
 eval.loss: evaluate_checkpoint
 infer.generate: generate
 convert.student: make_student

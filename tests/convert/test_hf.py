@@ -18,7 +18,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
 from conftest import corpus_text
 from helpers import REPO, env
 from tinylm.checkpoint import format as ckpt
-from tinylm.checkpoint.format import load_for_inference
+from tinylm.checkpoint.load import load_for_inference
 from tinylm.convert.hf import HFConvertError, export_to_hf, import_from_hf
 from tinylm.data.tokenizer import EOT, Tokenizer
 from tinylm.infer.generate import generate

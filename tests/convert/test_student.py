@@ -12,7 +12,8 @@ import torch
 
 from helpers import REPO, env, write_corpus
 from tinylm.checkpoint.format import (CheckpointError, find_checkpoints, init_from,
-                                      init_model_config, load_for_inference, load_model)
+                                      init_model_config, load_model)
+from tinylm.checkpoint.load import load_for_inference
 from tinylm.convert.student import make_student, select_layers
 from tinylm.data.tokenizer import Tokenizer, TokenizerMismatchError
 from tinylm.eval.loss import evaluate_checkpoint

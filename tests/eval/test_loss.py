@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from conftest import VAL_TEXT
 from helpers import REPO, accelerate_2proc, quiet_env, write_corpus
-from tinylm.checkpoint.format import CheckpointError, load_for_inference
+from tinylm.checkpoint.format import CheckpointError
+from tinylm.checkpoint.load import load_for_inference
 from tinylm.data.corpus import DataError
 from tinylm.data.tokenizer import Tokenizer
 from tinylm.eval.loss import evaluate_checkpoint

@@ -113,7 +113,7 @@ def test_compiled_cpu_generation_equals_eager_and_compiles_once(tiny_run, capsys
     """generate(compile=True) on a CPU: inductor's program for the fixed-shape step gives the
     eager decoder's greedy text across window re-starts, and a second call with the same batch
     reuses the compiled decoder (no second compile)."""
-    from tinylm.checkpoint.format import load_for_inference
+    from tinylm.checkpoint.load import load_for_inference
     from tinylm.infer.generate import generate
 
     model, tok, _ = load_for_inference(tiny_run / "checkpoints" / "step-10")
@@ -133,7 +133,7 @@ def test_compiled_cpu_generation_equals_eager_and_compiles_once(tiny_run, capsys
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_graphed_generation_equals_eager_on_cuda(tiny_run):
-    from tinylm.checkpoint.format import load_for_inference
+    from tinylm.checkpoint.load import load_for_inference
     from tinylm.infer.generate import generate
 
     model, tok, _ = load_for_inference(tiny_run / "checkpoints" / "step-10", "cuda")

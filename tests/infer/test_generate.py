@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from helpers import REPO, quiet_env
-from tinylm.checkpoint.format import load_for_inference
+from tinylm.checkpoint.load import load_for_inference
 from tinylm.data.tokenizer import EOT, Tokenizer
 from tinylm.infer.generate import _Row, _take, generate, sample_next
 from tinylm.model.config import GPTConfig

@@ -51,6 +51,7 @@ TOKENIZER_FILE = "tokenizer.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 STATE_DIR = "state"
 CHECKPOINT_FORMAT = "tinylm-checkpoint-2"
+ARTIFACT_MAGIC = b"TINYLMQ1"  # the first bytes of a packed artifact (tinylm pack)
 _FORMAT_1 = "tinylm-checkpoint-1"  # vocab_size was the padded size
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
@@ -130,7 +131,14 @@ def load_weights(model: torch.nn.Module, path: str | Path, assign: bool = False)
     of the weights in memory, not two)."""
     path = Path(path)
     tensors, file_groups = read_weights(path)
-    _require_same_ties(path, file_groups, model)
+    load_tensors(model, tensors, file_groups, path, assign)
+
+
+def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
+                 file_groups: list[list[str]], path: str | Path, assign: bool = False) -> None:
+    """:func:`load_weights` on tensors already read (each tie group once, under its canonical
+    name) from ``path`` (a model.safetensors, or a packed artifact), strictly, ties checked."""
+    _require_same_ties(Path(path), file_groups, model)
     model_groups = tied_groups(model)
     for group in model_groups:
         name = _canonical(group)
@@ -271,9 +279,21 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return dirs[-1][1] if dirs else None
 
 
-def find_checkpoints(path: str | Path) -> list[Path]:
-    """A checkpoint dir -> [it]; a run dir or checkpoints/ dir -> all its step dirs, in order."""
+def is_artifact(path: str | Path) -> bool:
+    """Whether ``path`` is a packed artifact (:mod:`tinylm.checkpoint.artifact`) by its magic."""
     path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(ARTIFACT_MAGIC)) == ARTIFACT_MAGIC
+
+
+def find_checkpoints(path: str | Path) -> list[Path]:
+    """A checkpoint dir or a packed artifact -> [it]; a run dir or checkpoints/ dir -> all its
+    step dirs, in order."""
+    path = Path(path)
+    if is_artifact(path):
+        return [path]
     if (path / CONFIG_FILE).is_file():
         if lacking := missing_files(path):
             raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(lacking)})")
@@ -303,24 +323,6 @@ def resolve_resume(choice: str, ckpt_root: Path) -> Path | None:
 
 
 # -- starting from a checkpoint's weights ----------------------------------------------------
-
-def load_for_inference(ckpt: str | Path, device: str | torch.device = "cpu"
-                       ) -> tuple[GPT, Tokenizer, dict]:
-    """(model in eval mode, its tokenizer, config.json) of a checkpoint, checked to belong
-    together: the model's vocab_size is the tokenizer's size."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_dir():
-        raise CheckpointError(f"{ckpt}: no such checkpoint directory")
-    model, cfg = load_model(ckpt, device=device)
-    try:
-        tokenizer = Tokenizer.load(ckpt / TOKENIZER_FILE)
-    except DataError as e:
-        raise CheckpointError(str(e)) from None
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise CheckpointError(
-            f"{ckpt}: vocab mismatch: {TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the "
-            f"model's vocab_size is {model.config.vocab_size}; the tokenizer is not this model's")
-    return model, tokenizer, cfg
 
 
 def init_from(model: GPT, path: str | Path, tokenizer_path: str | Path):

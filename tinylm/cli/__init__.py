@@ -7,6 +7,7 @@
     tinylm generate CKPT --prompt TEXT [...]
     tinylm student TEACHER --layers every:2 --out DIR [--n-embd N]
     tinylm convert to-hf CKPT OUT | from-hf HF_DIR OUT
+    tinylm pack CKPT OUT [--bits 8|6]                 (tinylm evaluate OUT scores the file)
 
 Every subcommand parses the same way (argparse, a usage error is one line and exit 2) and
 every error goes through one map (:data:`ERRORS`): bad input is one ``error: ...`` line and
@@ -27,7 +28,7 @@ import sys
 # name -> module in tinylm.cli that has add_arguments(parser) and run(args) -> int
 COMMANDS = {
     "train": "train", "prepare": "data", "tokenizer": "data", "evaluate": "evaluate",
-    "generate": "generate", "student": "student", "convert": "convert",
+    "generate": "generate", "student": "student", "convert": "convert", "pack": "pack",
 }
 
 

@@ -4,8 +4,8 @@
                     [--block-size N] [--batch-size N]
     accelerate launch --config_file configs/accelerate/cpu-2proc.yaml scripts/evaluate.py ...
 
-CKPT is a checkpoint directory (step-<N>/), or a run directory or its checkpoints/ folder,
-which means all of its checkpoints, oldest first. Without --data each checkpoint is scored on
+CKPT is a checkpoint directory (step-<N>/), a packed artifact (tinylm pack), or a run
+directory or its checkpoints/ folder, which means all of its checkpoints, oldest first. Without --data each checkpoint is scored on
 the validation split its config.json records; with it, on that source (a text file, folder,
 glob or python-docs) tokenized with the checkpoint's own tokenizer. Prints a table; --json
 writes a list with one object per checkpoint (atomically). Under accelerate the blocks are
@@ -33,9 +33,13 @@ def format_table(results: list[dict]) -> str:
     head = ("checkpoint", "step", "loss", "ppl", "bits/byte", "tokens")
     rows = [(r["checkpoint"], str(r["step"]), f"{r['loss']:.4f}", f"{r['perplexity']:.2f}",
              f"{r['bits_per_byte']:.4f}", f"{r['tokens']:,}") for r in results]
+    line = "{:<%d}  {:>6}  {:>8}  {:>10}  {:>9}  {:>12}"
+    if any("artifact_bytes" in r for r in results):  # a packed file: its exact size beside it
+        head, line = (*head, "bytes"), line + "  {:>12}"
+        rows = [(*row, f"{r['artifact_bytes']:,}" if "artifact_bytes" in r else "-")
+                for row, r in zip(rows, results)]
     width = max(len(r[0]) for r in [head, *rows])
-    line = "{:<%d}  {:>6}  {:>8}  {:>10}  {:>9}  {:>12}" % width
-    return "\n".join([line.format(*head), *(line.format(*r) for r in rows)])
+    return "\n".join([(line % width).format(*r) for r in [head, *rows]])
 
 
 def make_accelerator():

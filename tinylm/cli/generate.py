@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tinylm.checkpoint.format import resolve_checkpoint
-    from tinylm.checkpoint.format import load_for_inference
+    from tinylm.checkpoint.load import load_for_inference
     from tinylm.infer.generate import generate
 
     warnings.showwarning = _one_line_warnings

@@ -85,6 +85,21 @@ class Tokenizer:
                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         return cls(tok, name=str(path))
 
+    @classmethod
+    def from_json(cls, text: str, name: str) -> "Tokenizer":
+        """A tokenizer from tokenizer.json's text (kept inside a packed artifact); ``name``
+        says where it came from in errors."""
+        try:
+            tok = HFTokenizer.from_str(text)
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise DataError(f"{name}: not a valid tokenizer.json "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        return cls(tok, name=name)
+
+    def to_json(self) -> str:
+        """tokenizer.json's text (what :meth:`save` writes)."""
+        return self._tok.to_str(pretty=True)
+
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically (temp name, then ``os.replace``)."""
         atomic_write(path, self._tok.to_str(pretty=True))

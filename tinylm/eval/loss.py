@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from tinylm.checkpoint.format import TOKENIZER_FILE, CheckpointError, load_for_inference
+from tinylm.checkpoint.format import TOKENIZER_FILE, CheckpointError
+from tinylm.checkpoint.load import load_for_inference
 from tinylm.common.checks import NON_NEGATIVE, POSITIVE, require
 from tinylm.data.batches import EvalBlocks, load_tokens
 from tinylm.data.corpus import DataError, load_documents
@@ -251,6 +252,7 @@ def evaluate_checkpoint(
             loader = accelerator.prepare(loader)
         result = evaluate(model, loader, split_bytes=split.bytes, split_tokens=split.tokens,
                           accelerator=accelerator)
+    packed = {k: cfg[k] for k in ("artifact_bytes", "artifact") if k in cfg}  # a packed file
     return {"checkpoint": str(ckpt), "step": cfg.get("step"), "data": split.label,
-            "block_size": T, **result.to_dict(),
+            "block_size": T, **result.to_dict(), **packed,
             "num_processes": accelerator.num_processes if accelerator is not None else 1}
