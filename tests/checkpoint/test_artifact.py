@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, quiet_env
+from helpers import quiet_env
 from tinylm.checkpoint import format as ckpt
 from tinylm.checkpoint.artifact import load_artifact, pack, read_artifact
 from tinylm.checkpoint.format import CheckpointError
