@@ -67,3 +67,22 @@ def test_bench_runs_real_training_and_reports_an_unreached_target(tmp_path):
         assert r["sync_check_ms"] is not None  # the run logged its tied-parameter sync checks
     assert base["final_bpb"] < short["final_bpb"]  # 30 steps learn more than 20
     assert "| s20 | optim.max_steps=20 |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_golf_trains_packs_and_scores_variants_of_equal_bytes(tmp_path):
+    """Two variants for a few seconds each: each row is a real run, packed at int8 and int6
+    and scored after the round trip; the looped one is fitted to the baseline's bytes."""
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    proc = run_bench("bench_golf.py", [str(corpus), "--budget", "8", "--only", "baseline", "repeat2"],
+                     tmp_path)
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [r[0].split(":")[0].strip() for r in rows[1:]] == ["baseline", "repeat2"]
+    (base, looped) = [[c.strip() for c in r] for r in rows[1:]]
+    params = [float(r[2].rstrip("M")) for r in (base, looped)]
+    assert abs(params[1] - params[0]) / params[0] < 0.1 and looped[3] == "10"  # 10 depths
+    for r in (base, looped):
+        int8_bytes, int6_bytes = int(r[8].replace(",", "")), int(r[10].replace(",", ""))
+        assert int6_bytes < 0.85 * int8_bytes and int(r[4]) > 0  # steps were taken
+        assert abs(float(r[9]) - float(r[7])) < 0.05 and abs(float(r[11]) - float(r[7])) < 0.1
+    assert "(baseline int6, clip std:" in proc.stdout
