@@ -14,7 +14,7 @@ from helpers import quiet_env
 from tinylm.checkpoint import format as ckpt
 from tinylm.checkpoint.artifact import load_artifact, pack, read_artifact
 from tinylm.checkpoint.format import CheckpointError
-from tinylm.checkpoint.quant import dequantize_rows, quantize_rows
+from tinylm.model.quant import dequantize_rows, quantize_rows
 from tinylm.data.tokenizer import Tokenizer
 from tinylm.eval.loss import evaluate_checkpoint
 from tinylm.model.config import GPTConfig

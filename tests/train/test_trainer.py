@@ -17,6 +17,7 @@ from safetensors import safe_open
 from helpers import tiny_overrides
 from tinylm.checkpoint import format as ckpt
 from tinylm.data.batches import EvalBlocks
+from tinylm.distributed.parallel import unwrap
 from tinylm.eval.loss import evaluate
 from tinylm.model.gpt import GPT
 from tinylm.train.config import load_config
@@ -301,3 +302,22 @@ def test_a_model_far_too_big_for_its_corpus_is_warned_about(tmp_path, corpus, ca
     warning = [line for line in out.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "unique training tokens per parameter (Chinchilla-optimal is ~20)" in warning[0]
     assert "MFU" not in out and "TFLOP/s" not in out
+
+
+def test_qat_turns_on_at_its_fraction_of_the_run_and_trains_through_it(tmp_path, corpus, capsys):
+    """optim.qat_from=0.5 of 20 steps: the blocks compute with int6 round trips from step 10
+    on (one log line), the loss stays finite and still falls, and the checkpoint holds the
+    float weights (the flag is the run's, not the model file's)."""
+    hooks = TrainHooks(after_step=lambda model, step: seen.append(
+        (step, unwrap(model).layers[0].fake_quant_bits)))
+    seen: list = []
+    summary, _ = run(tmp_path, corpus, hooks, **{"optim.max_steps": 20, "optim.qat_from": 0.5,
+                                                 "log.interval": 1})
+    assert "QAT from step 10 (50% of the run): the blocks compute with int6 round trips" in \
+        capsys.readouterr().out
+    assert [bits for _, bits in seen] == [None] * 10 + [6] * 10
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["kind"] == "train"]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[10]
+    model, _ = ckpt.load_model(tmp_path / "run" / "checkpoints" / "step-20")
+    assert model.layers[0].fake_quant_bits is None

@@ -7,7 +7,7 @@ exact size beside it. ``tinylm pack CKPT OUT`` writes such a file; ``tinylm eval
 
 What is stored, each unique tensor once: a tie group (the embedding = the head) and every
 block shared across depth (``model.layer_map``) appear once, which is where sharing pays.
-Matrices get per-row symmetric codes (:mod:`tinylm.checkpoint.quant`: ``bits``, the
+Matrices get per-row symmetric codes (:mod:`tinylm.model.quant`: ``bits``, the
 embedding ``embed_bits``) and an fp16 scale per row; norm scales are fp16. The checkpoint's
 config.json and tokenizer.json travel inside, so the file evaluates alone.
 
@@ -35,7 +35,7 @@ import torch
 from tinylm.checkpoint.format import (ARTIFACT_MAGIC as MAGIC, TOKENIZER_FILE, CheckpointError,
                                       load_model, load_tensors, resolve_checkpoint,
                                       weights_for_saving)
-from tinylm.checkpoint.quant import (BITS, dequantize_rows, pack_codes, packed_size, quantize_rows,
+from tinylm.model.quant import (BITS, dequantize_rows, pack_codes, packed_size, quantize_rows,
                                      unpack_codes)
 from tinylm.common.atomic import atomic_write
 from tinylm.data.tokenizer import Tokenizer

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
-    from tinylm.checkpoint.quant import BITS, CLIPS  # (numpy and torch only: cheap enough here)
+    from tinylm.model.quant import BITS, CLIPS  # (numpy and torch only: cheap enough here)
 
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint dir, or a run dir (its latest)")
     p.add_argument("out", type=Path, metavar="OUT")

@@ -24,6 +24,7 @@ from torch import nn
 
 from tinylm.model.config import GPTConfig
 from tinylm.model.kv_cache import KVCache, check_room, decode_block
+from tinylm.model.quant import fake_quant
 from tinylm.model.rotary import Rotary, rotary_cos_sin
 from tinylm.sharing.tying import TieGuarded, share_modules, tie
 
@@ -136,11 +137,15 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.heads = (config.n_head, config.kv_heads, config.head_dim)
         self.eps, self.dropout = config.norm_eps, config.dropout
+        self.fake_quant_bits: int | None = None  # QAT (optim.qat_from): matrices seen quantized
 
     def weights(self) -> tuple[torch.Tensor, ...]:
         a, m = self.self_attn, self.mlp
-        return (self.input_layernorm.weight, a.qkv_proj.weight, a.o_proj.weight,
-                self.post_attention_layernorm.weight, m.gate_up_proj.weight, m.down_proj.weight)
+        w = (self.input_layernorm.weight, a.qkv_proj.weight, a.o_proj.weight,
+             self.post_attention_layernorm.weight, m.gate_up_proj.weight, m.down_proj.weight)
+        if self.fake_quant_bits is None:
+            return w
+        return tuple(fake_quant(x, self.fake_quant_bits) if x.dim() == 2 else x for x in w)
 
     def forward(self, x, rotary: Rotary, layer: int, cache: KVCache | None, mask) -> torch.Tensor:
         return block(x, self.weights(), self.heads, self.eps, rotary, layer, cache, mask,
@@ -190,6 +195,14 @@ class GPT(TieGuarded):
                 nn.init.ones_(p)  # RMSNorm scales
         for m in (self.embed_tokens, self.lm_head):  # padding rows: no token, no logit
             m.weight[self.config.vocab_size:].zero_()
+
+    def set_fake_quant(self, bits: int | None) -> None:
+        """Quantization-aware training: from now on every block computes with its matrices'
+        ``bits``-bit round trip (gradients pass straight through to the float weights), or,
+        with None, with the weights as they are. Not saved: a run turns it on from
+        ``optim.qat_from``; a checkpoint holds the float weights that ``tinylm pack`` quantizes."""
+        for block in dict.fromkeys(self.layers):
+            block.fake_quant_bits = bits
 
     # -- the transformers convention ---------------------------------------------------------
     def get_input_embeddings(self) -> nn.Embedding:

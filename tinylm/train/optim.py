@@ -46,6 +46,9 @@ class OptimConfig:
     muon_lr: float = 0.02  # Muon's peak LR (modded-nanogpt, nanochat); scaled by the schedule
     muon_momentum: float = 0.95  # Nesterov momentum, as in Keller Jordan's Muon
     muon_weight_decay: float = 0.0  # modded-nanogpt and nanochat decay Muon's matrices by 0
+    qat_from: float = 0.0  # QAT: from this fraction of the run on, blocks see their matrices
+    # quantized to qat_bits (0 = off; the golf records use ~0.85: the last steps learn to survive packing)
+    qat_bits: int = 6  # what tinylm pack --bits will store
 
     def __post_init__(self) -> None:
         if self.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false: mean "no"
@@ -67,7 +70,9 @@ class OptimConfig:
             "grad_clip": NON_NEGATIVE,
             "muon_lr": (lambda v: 0 < v < float("inf"), "a positive learning rate"),
             "muon_momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
-            "muon_weight_decay": (lambda v: v >= 0, ">= 0")})
+            "muon_weight_decay": (lambda v: v >= 0, ">= 0"),
+            "qat_from": (lambda v: 0 <= v < 1, "0 (off) or a fraction of the run in (0, 1)"),
+            "qat_bits": (lambda v: v in (6, 8), "6 or 8 (what tinylm pack stores)")})
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig,

@@ -31,7 +31,8 @@ from tinylm.checkpoint.format import init_from, init_model_config, resolve_resum
 from tinylm.checkpoint.resume_state import require_same_run
 from tinylm.data.batches import EvalBlocks, TrainBatches
 from tinylm.data.prepare import prepare
-from tinylm.distributed.parallel import describe, is_sharded, make_plugin, strategy_line, wrap
+from tinylm.distributed.parallel import (describe, is_sharded, make_plugin, strategy_line, unwrap,
+                                         wrap)
 from tinylm.distributed.sync_check import SyncChecker, check_tied_sync
 from tinylm.eval.loss import EvalResult, Evaluator
 from tinylm.model.config import GPTConfig
@@ -255,6 +256,7 @@ class Trainer:
                                    "final eval and checkpoint")
                         break
                     s.budget_used_s = used
+                    self._qat(used / b.seconds if b.seconds else s.step / o.max_steps)
                     t0 = time.perf_counter()
                     stats = train_step(self.model, self.optimizers, self.batches, self.accelerator,
                                        o, s.step, teacher=self.teacher, distill=self.cfg.distill,
@@ -285,6 +287,15 @@ class Trainer:
             last_eval = self._evaluate(final=True)
         checkpoint = self._save()
         return self._finish(stop.signum, checkpoint, last_eval)
+
+    def _qat(self, progress: float) -> None:
+        """From ``optim.qat_from`` of the run on, the blocks train through their quantized
+        matrices (every process at the same step: ``progress`` is agreed)."""
+        o, model = self.cfg.optim, unwrap(self.model)
+        if o.qat_from and progress >= o.qat_from and model.layers[0].fake_quant_bits is None:
+            model.set_fake_quant(o.qat_bits)
+            self.print(f"QAT from step {self.state.step} ({progress:.0%} of the run): the blocks "
+                       f"compute with int{o.qat_bits} round trips of their matrices")
 
     # -- what the parts do when due ---------------------------------------------------------------
     def _train_record(self, means: dict) -> dict:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tinylm.checkpoint.quant import (dequantize_rows, pack_codes, packed_size, qmax, quantize_rows,
+from tinylm.model.quant import (dequantize_rows, pack_codes, packed_size, qmax, quantize_rows,
                                      unpack_codes)
 
 
@@ -55,3 +55,26 @@ def test_bad_bits_and_clip_are_one_line_errors():
         quantize_rows(matrix(), 3)
     with pytest.raises(ValueError, match="clip='p99': expected one of search, std, absmax"):
         quantize_rows(matrix(), 8, "p99")
+
+
+def test_fake_quant_is_the_round_trip_forward_and_the_identity_backward():
+    from tinylm.model.config import GPTConfig
+    from tinylm.model.gpt import GPT
+    from tinylm.model.quant import fake_quant
+
+    w = matrix().requires_grad_()
+    y = fake_quant(w, 6)
+    q, scale = quantize_rows(w, 6, "absmax")
+    # the same grid up to the scale's rounding (fp32 here, fp16 in a file): at most one step apart
+    assert ((y - dequantize_rows(q, scale)).abs() <= scale.float()[:, None] * 1.01).all()
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))  # straight through
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    x = torch.randint(0, 64, (2, 16))
+    plain = model(x)
+    model.set_fake_quant(6)
+    quantized = model(x)
+    assert not torch.allclose(plain, quantized) and (plain - quantized).abs().max() < 0.05
+    model.set_fake_quant(None)
+    assert torch.equal(model(x), plain)

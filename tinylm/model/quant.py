@@ -60,6 +60,15 @@ def quantize_rows(w: torch.Tensor, bits: int, clip: str = "search") -> tuple[tor
     return _codes(w, best_clip, bits)
 
 
+def fake_quant(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """``w`` as its per-row absmax round trip in the forward, ``w`` itself in the backward
+    (the straight-through estimator): quantization-aware training's view of a weight, so the
+    last steps learn weights that survive packing. absmax, not the search: it runs every step."""
+    scale = w.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / qmax(bits)
+    q = torch.round(w.detach() / scale).clamp_(-qmax(bits), qmax(bits))
+    return w + (q * scale - w).detach()
+
+
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """float32 ``q * scale`` row by row: the weights a packed model computes with."""
     return q.float() * scale.float()[:, None]
