@@ -229,8 +229,8 @@ def test_a_missing_rng_file_is_refused(tmp_path, corpus):
     run(tmp_path, corpus, **{"optim.max_steps": 5})
     AcceleratorState._reset_state(reset_partial_state=True)
     step5 = tmp_path / "run" / "checkpoints" / "step-5"
-    (step5 / ckpt.STATE_DIR / "random_states_0.pkl").write_bytes(b"not a pickle")
-    with pytest.raises(ckpt.CheckpointError, match="random_states_0.pkl: missing or unreadable"):
+    (step5 / ckpt.STATE_DIR / "rng_0.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ckpt.CheckpointError, match="rng_0.safetensors: unreadable RNG state"):
         run(tmp_path, corpus, **{"optim.max_steps": 10, "checkpoint.resume": "auto"})
 
 

@@ -17,8 +17,8 @@ import torch
 
 from tinylm.checkpoint.format import (MODEL_FILE, STATE_DIR, CheckpointError, latest_checkpoint,
                                       load_weights, read_trainer_state, step_dirs, write_checkpoint)
-from tinylm.checkpoint.resume_state import (OPTIMIZER_FILE, load_optimizer, load_rng,
-                                            optimizer_state, rng_file, save_rng, write_optimizer)
+from tinylm.checkpoint.resume_state import OPTIMIZER_FILE, load_optimizer, optimizer_state, write_optimizer
+from tinylm.checkpoint.rng import check_rng, load_rng, save_rng
 from tinylm.common.atomic import publish_dir
 from tinylm.common.checks import NON_NEGATIVE, require
 from tinylm.distributed.parallel import full_state_dict, unwrap
@@ -31,6 +31,8 @@ class CheckpointConfig:
     keep_last: int = 2  # older step-N dirs are deleted once a newer one is complete
     resume: str = ""  # "" = fresh start; "auto" = latest in run_dir; or a checkpoint dir
     init_from: str = ""  # start from these weights only (e.g. make_student.py output); its shape wins
+    restore_rng: bool = True  # False: resume without the random state (only dropout uses it)
+    trust_pickle: bool = False  # read tinylm 0.1's pickled RNG/optimizer files (torch >= 2.10 only)
 
     def __post_init__(self) -> None:
         require("checkpoint", self, {"interval": NON_NEGATIVE, "keep_last": (
@@ -47,9 +49,11 @@ class Checkpointer:
     weights before the model is wrapped, the optimizer and RNG after (``tinylm.checkpoint.resume_state``).
     """
 
-    def __init__(self, run_dir: Path, accelerator, interval: int, keep_last: int) -> None:
+    def __init__(self, run_dir: Path, accelerator, interval: int, keep_last: int,
+                 trust_pickle: bool = False) -> None:
         self.root = Path(run_dir) / "checkpoints"
         self.accelerator, self.interval, self.keep_last = accelerator, interval, keep_last
+        self.trust_pickle = trust_pickle  # tinylm 0.1's pickled state files (checkpoint/rng.py)
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
             self._recover()
@@ -119,27 +123,22 @@ class Checkpointer:
                 os.replace(old, doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
 
-    def restore_weights(self, ckpt: Path, model: GPT, same_processes: bool) -> None:
+    def restore_weights(self, ckpt: Path, model: GPT, rng: bool) -> None:
         """Weights into the unwrapped ``model`` (before DDP or FSDP2 wraps it: any strategy
-        reads the same full tensors). With the same process count, this process's RNG file
-        must be there and readable (accelerate would skip it with an INFO line and resume
-        with other random numbers); checked first, before anything is loaded."""
-        from accelerate.utils import load
-
-        rng = rng_file(ckpt / STATE_DIR, self.accelerator.process_index)
-        if same_processes:
-            try:
-                load(rng)
-            except Exception as e:  # noqa: BLE001 - any failure to read it means the same
-                raise CheckpointError(f"{rng}: missing or unreadable ({type(e).__name__}); this "
-                                      "process's random state cannot be restored") from None
+        reads the same full tensors). With ``rng`` (the same process count, and
+        ``checkpoint.restore_rng``), this process's RNG file must be there and readable
+        (accelerate would skip it with an INFO line and resume with other random numbers);
+        checked first, before anything is loaded."""
+        if rng:
+            check_rng(ckpt / STATE_DIR, self.accelerator.process_index, self.trust_pickle)
         load_weights(model, ckpt / MODEL_FILE, assign=model.embed_tokens.weight.is_meta)
 
     def restore_state(self, ckpt: Path, model: torch.nn.Module, optimizers: list,
-                      same_processes: bool) -> dict:
+                      rng: bool) -> dict:
         """Optimizer state (resharded into this run's layout) and RNG into the prepared run;
         returns the trainer state saved with them."""
-        load_optimizer(model, optimizers, ckpt / STATE_DIR)  # CheckpointError if it does not fit
-        if same_processes:
-            load_rng(ckpt / STATE_DIR, self.accelerator)
+        # CheckpointError if it does not fit
+        load_optimizer(model, optimizers, ckpt / STATE_DIR, self.trust_pickle)
+        if rng:
+            load_rng(ckpt / STATE_DIR, self.accelerator, self.trust_pickle)
         return read_trainer_state(ckpt)

@@ -159,15 +159,26 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
 
 # -- config and model ------------------------------------------------------------------------
 
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``, or CheckpointError naming the file (bytes that are no UTF-8,
+    such as a planted pickle, included)."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not JSON: byte {e.start} is not UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got a {type(value).__name__}")
+    return value
+
+
 def read_config(ckpt: str | Path) -> dict:
     """config.json of a checkpoint, upgraded to the current format."""
     path = Path(ckpt) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file (is {ckpt} a tinylm checkpoint?)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    cfg = read_json(path)
     if cfg.get("format") == _FORMAT_1 and "model" in cfg:
         return _upgrade_format_1(Path(ckpt), cfg)
     if cfg.get("format") != CHECKPOINT_FORMAT or "model" not in cfg:
@@ -233,7 +244,7 @@ def read_trainer_state(ckpt_dir: str | Path) -> dict:
     path = Path(ckpt_dir) / TRAINER_STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file (checkpoint cannot resume training)")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def publish_student(out: Path, student: GPT, train_config: dict, tokenizer_path: Path,

@@ -10,10 +10,11 @@ param list, not a shard), and on load scatters it back into whatever layout the 
 header the param groups (hyperparameters, parameter names) as JSON. The tied matrix has
 one state, under its one name.
 
-RNG states (python, numpy, torch, CUDA; one file per process) and the fp16 grad scaler stay
-accelerate's (``random_states_<rank>.pkl``, read with accelerate's loader). A resume with
-another process count has no RNG file for new ranks: it says so and goes on (dropout masks
-then differ from an uninterrupted run; nothing else draws random numbers during training).
+RNG states (python, numpy, torch, CUDA; one file per process) are :mod:`tinylm.checkpoint.rng`'s,
+without pickle. A resume with another process count has no RNG file for new ranks: it says
+so and goes on (dropout masks then differ from an uninterrupted run; nothing else draws
+random numbers during training). tinylm 0.1's ``optimizer.bin`` is pickle: read only when
+trusted (``checkpoint.trust_pickle``), see :func:`tinylm.checkpoint.rng.require_pickle_trust`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from tinylm.checkpoint.format import CheckpointError, read_config, read_trainer_state
+from tinylm.checkpoint.rng import require_pickle_trust
 from tinylm.common.atomic import atomic_path
 from tinylm.distributed.parallel import is_sharded, unwrap
 
@@ -87,7 +89,8 @@ def read_optimizer(path: Path) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def load_optimizer(model: torch.nn.Module, optimizers: list, state_dir: Path) -> None:
+def load_optimizer(model: torch.nn.Module, optimizers: list, state_dir: Path,
+                   trust_pickle: bool = False) -> None:
     """Put the saved optimizer state into this run's optimizers, in this run's layout.
     Checkpoints from before this format (accelerate's pickled ``optimizer.bin``, position-
     keyed) load into an unsharded run with the same optimizers only."""
@@ -95,7 +98,7 @@ def load_optimizer(model: torch.nn.Module, optimizers: list, state_dir: Path) ->
 
     path = state_dir / OPTIMIZER_FILE
     if not path.is_file():
-        return _load_old_optimizer(model, optimizers, state_dir)
+        return _load_old_optimizer(model, optimizers, state_dir, trust_pickle)
     state = read_optimizer(path)
     saved = {n for g in state["param_groups"] for n in g["params"]}
     have = {n for n, _ in unwrap(model).named_parameters()}
@@ -111,7 +114,8 @@ def load_optimizer(model: torch.nn.Module, optimizers: list, state_dir: Path) ->
                              "same optim.name, or use checkpoint.init_from to keep the weights only") from None
 
 
-def _load_old_optimizer(model: torch.nn.Module, optimizers: list, state_dir: Path) -> None:
+def _load_old_optimizer(model: torch.nn.Module, optimizers: list, state_dir: Path,
+                        trust_pickle: bool) -> None:
     files = [state_dir / (_OLD_OPTIMIZER_FILE if i == 0 else f"optimizer_{i}.bin")
              for i in range(len(optimizers))]
     missing = [str(f) for f in files if not f.is_file()]
@@ -119,31 +123,14 @@ def _load_old_optimizer(model: torch.nn.Module, optimizers: list, state_dir: Pat
         raise CheckpointError(f"{missing[0]}: no optimizer state in {state_dir} ({OPTIMIZER_FILE} "
                              "or accelerate's optimizer.bin); resume from another checkpoint or "
                              "use checkpoint.init_from to keep the weights only")
+    require_pickle_trust(files[0], trust_pickle, "optimizer state", "resume from a newer checkpoint "
+                         "or keep the weights only with checkpoint.init_from")
     if is_sharded(model):
         raise CheckpointError(f"{files[0]}: a checkpoint of tinylm before the strategy-free "
                              "optimizer format resumes under parallel.strategy=ddp only; resume "
                              "with ddp, save, then switch to fsdp2")
     for opt, f in zip(_raw(optimizers), files):
         opt.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
-
-
-def save_rng(state_dir: Path, accelerator) -> None:
-    """This process's RNG (and the fp16 scaler) through accelerate, one file per process."""
-    from accelerate.checkpointing import save_accelerator_state
-
-    save_accelerator_state(str(state_dir), [], [], [], [], accelerator.process_index, 0,
-                           scaler=accelerator.scaler)
-
-
-def rng_file(state_dir: Path, process_index: int) -> Path:
-    return state_dir / f"random_states_{process_index}.pkl"
-
-
-def load_rng(state_dir: Path, accelerator) -> None:
-    from accelerate.checkpointing import load_accelerator_state
-
-    load_accelerator_state(str(state_dir), [], [], [], [], accelerator.process_index,
-                           scaler=accelerator.scaler)
 
 
 def require_same_run(ckpt: Path, cfg, num_processes: int,

@@ -30,11 +30,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from tinylm.checkpoint.format import (TOKENIZER_FILE, load_model, resolve_checkpoint,
-                                      write_checkpoint)
+from tinylm.checkpoint.format import (TOKENIZER_FILE, CheckpointError, load_model, read_json,
+                                      resolve_checkpoint, write_checkpoint)
 from tinylm.common.atomic import atomic_dir, atomic_path, atomic_write
 from tinylm.data.corpus import DataError
 from tinylm.data.tokenizer import EOT, Tokenizer
@@ -161,10 +161,10 @@ def gpt_config(hf: dict, path: Path) -> GPTConfig:
         raise _refuse(path, "rope_type", rope_type, "rotary scaling is not supported (only "
                       "plain rotary with any rope_theta)")
     theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    heads, width = hf["num_attention_heads"], hf["hidden_size"]
-    head_dim = hf.get("head_dim")
-    head_size = head_dim if head_dim not in (None, width / heads) else None
     try:
+        heads, width = hf["num_attention_heads"], hf["hidden_size"]
+        head_dim = hf.get("head_dim")
+        head_size = head_dim if head_dim not in (None, width / heads) else None
         return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"],
                          n_layer=hf["num_hidden_layers"], n_head=heads, n_embd=width,
                          n_kv_head=hf.get("num_key_value_heads") or heads, head_size=head_size,
@@ -174,7 +174,7 @@ def gpt_config(hf: dict, path: Path) -> GPTConfig:
                          layer_map=hf.get("tinylm_layer_map"))
     except KeyError as e:
         raise HFConvertError(f"{path}: no {e.args[0]} in config.json") from None
-    except ValueError as e:
+    except (ValueError, TypeError, ZeroDivisionError) as e:
         raise HFConvertError(f"{path}: {e}") from None
 
 
@@ -243,7 +243,11 @@ def import_from_hf(hf_dir: str | Path, out: str | Path) -> Path:
         raise HFConvertError(f"{hf_dir}: no config.json (a transformers model directory?)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HFConvertError(f"{out}: exists and is not an empty directory")
-    cfg = gpt_config(json.loads((hf_dir / "config.json").read_text()), hf_dir / "config.json")
+    try:
+        hf_cfg = read_json(hf_dir / "config.json")  # one line naming the file, whatever is in it
+    except CheckpointError as e:
+        raise HFConvertError(str(e)) from None
+    cfg = gpt_config(hf_cfg, hf_dir / "config.json")
     try:
         tok = Tokenizer.load(hf_dir / "tokenizer.json")
     except DataError as e:
@@ -258,6 +262,8 @@ def import_from_hf(hf_dir: str | Path, out: str | Path) -> Path:
         model = GPT(cfg)
     try:  # a shared block's depths must hold equal copies (the tie guard compares them)
         model.load_state_dict(_tinylm_tensors(hf_dir, cfg), strict=True, assign=True)
+    except (SafetensorError, OSError) as e:  # a truncated or damaged file
+        raise HFConvertError(f"{hf_dir}: a weight file is corrupt or truncated ({e})") from None
     except TieError as e:
         raise HFConvertError(f"{hf_dir}: tinylm_layer_map={list(cfg.depth_map)} shares blocks, "
                              f"but the file's layers differ ({e})") from None

@@ -81,12 +81,13 @@ class Trainer:
         with torch.device("meta"):
             self.raw_model = GPT(model_cfg)
         self.checkpointer = Checkpointer(self.run_dir, acc, cfg.checkpoint.interval,
-                                         cfg.checkpoint.keep_last)
+                                         cfg.checkpoint.keep_last, cfg.checkpoint.trust_pickle)
         resume_from = resolve_resume(cfg.checkpoint.resume, self.checkpointer.root)
-        same_processes = True
+        rng = True
         if resume_from is not None:
-            same_processes = require_same_run(resume_from, self.cfg, acc.num_processes, self.print)
-            self.checkpointer.restore_weights(resume_from, self.raw_model, same_processes)
+            rng = require_same_run(resume_from, self.cfg, acc.num_processes, self.print)
+            rng = rng and self._restores_rng(cfg)
+            self.checkpointer.restore_weights(resume_from, self.raw_model, rng)
         else:
             materialize(self.raw_model, "cpu")  # from the RNG as set_seed left it
             if cfg.checkpoint.init_from:  # resuming wins over init_from
@@ -103,7 +104,7 @@ class Trainer:
         self.state = TrainState()
         if resume_from is not None:
             self.state.load_state_dict(self.checkpointer.restore_state(
-                resume_from, self.model, self.optimizers, same_processes), self.tokens_per_step)
+                resume_from, self.model, self.optimizers, rng), self.tokens_per_step)
             self.batches.load_state_dict(self.state.data)
             self.print(f"resumed from {resume_from} at step {self.state.step}")
         if self.main:
@@ -122,6 +123,12 @@ class Trainer:
             self.print(f"warning: {self.meta['train_tokens'] / n_params:.3f} unique training "
                        f"tokens per parameter (Chinchilla-optimal is ~20): this model will "
                        f"mostly memorize data.source={cfg.data.source}; give it a bigger corpus")
+
+    def _restores_rng(self, cfg: TrainConfig) -> bool:
+        if not cfg.checkpoint.restore_rng:
+            self.print("checkpoint.restore_rng=false: resuming without the random states "
+                       "(dropout masks will differ from an uninterrupted run)")
+        return cfg.checkpoint.restore_rng
 
     def _build_data(self, cfg: TrainConfig) -> GPTConfig:
         """Data (the main process prepares the tokenizer and token files while the others
