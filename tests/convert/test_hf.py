@@ -272,3 +272,26 @@ def test_an_imported_tied_teacher_distils_into_a_student_with_its_own_tie(tmp_pa
         assert torch.equal(a, b)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("distill_kl" in r for r in records if r["kind"] == "train")
+
+
+def test_a_damaged_hf_directory_is_one_line_naming_the_file(tmp_path, tokenizer_file):
+    """A config.json that holds a list or no JSON, one without hidden_size, a truncated
+    model.safetensors: each a one-line HFConvertError (exit 2 from the command), nothing written."""
+    hf_dir = hf_llama(tmp_path, tokenizer_file)
+    config = json.loads((hf_dir / "config.json").read_text())
+    cases = [("config.json", json.dumps([config]), "config.json: expected a JSON object, got a list"),
+             ("config.json", "{not json", "config.json: not valid JSON"),
+             ("config.json", json.dumps({k: v for k, v in config.items() if k != "hidden_size"}),
+              "config.json: no hidden_size in config.json")]
+    for name, text, message in cases:
+        (hf_dir / name).write_text(text)
+        with pytest.raises(HFConvertError, match=message):
+            import_from_hf(hf_dir, tmp_path / "out")
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    weights = hf_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    proc = subprocess.run([sys.executable, "-m", "tinylm.cli", "convert", "from-hf", str(hf_dir),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                          env=env(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert "a weight file is corrupt or truncated" in proc.stderr and not (tmp_path / "out").exists()
