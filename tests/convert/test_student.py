@@ -212,7 +212,8 @@ def test_make_student_script_writes_a_loadable_checkpoint(trained, tmp_path, cap
     printed = capsys.readouterr().out
     assert "make_student (layers every:2 -> teacher depths [0, 2])" in printed
     assert "block 1 not selected" in printed and f"wrote {out}" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.safetensors",
+                                                     "tokenizer.json"]
 
     teacher_dir = find_checkpoints(trained)[-1]
     teacher, teacher_cfg = load_model(teacher_dir)

@@ -25,6 +25,7 @@ from conftest import VAL_TEXT
 from helpers import REPO, accelerate_2proc, quiet_env, write_corpus
 from tinylm.checkpoint.format import CheckpointError
 from tinylm.checkpoint.load import load_for_inference
+from tinylm.checkpoint.manifest import write_manifest
 from tinylm.data.corpus import DataError
 from tinylm.data.tokenizer import Tokenizer
 from tinylm.eval.loss import evaluate_checkpoint
@@ -145,7 +146,13 @@ def test_truncated_weights_are_one_line_exit_2(ckpt: Path, tmp_path: Path, capsy
     shutil.copytree(ckpt, bad)
     weights = bad / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert script_main([str(bad)]) == 2
+    assert script_main([str(bad)]) == 2  # the manifest catches it first
+    out, err = capsys.readouterr()
+    assert out == "" and re.fullmatch(r"error: .*model\.safetensors: \d+ bytes, the manifest says \d+ "
+                                      r"\(truncated or replaced\)\n", err), err
+    (bad / "manifest.json").unlink()  # a checkpoint of tinylm 0.1: safetensors' own check
+    with pytest.warns(UserWarning, match="not verified"):
+        assert script_main([str(bad)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and re.fullmatch(r"error: .*model\.safetensors: corrupt or truncated.*\n", err), err
 
@@ -184,6 +191,7 @@ def test_tokenizer_larger_than_the_model_vocab_is_a_clear_error(ckpt: Path, tmp_
     big = Tokenizer.train([write_corpus(tmp_path / "c.txt", 100_000).read_text()], 400)
     assert big.vocab_size > 320
     big.save(bad / "tokenizer.json")
+    write_manifest(bad)  # as if written so: the vocab check, not the manifest, must catch it
     with pytest.raises(CheckpointError, match=r"vocab mismatch: tokenizer.json has \d+ tokens but "
                                               r"the model's vocab_size is 320"):
         evaluate_checkpoint(bad)
@@ -195,5 +203,6 @@ def test_changed_val_split_is_detected(ckpt: Path, tmp_path: Path):
     cfg = json.loads((bad / "config.json").read_text())
     cfg["val_tokens"] += 1
     (bad / "config.json").write_text(json.dumps(cfg))
+    write_manifest(bad)
     with pytest.raises(DataError, match="the data changed since training"):
         evaluate_checkpoint(bad)

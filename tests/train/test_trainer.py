@@ -230,6 +230,7 @@ def test_a_missing_rng_file_is_refused(tmp_path, corpus):
     AcceleratorState._reset_state(reset_partial_state=True)
     step5 = tmp_path / "run" / "checkpoints" / "step-5"
     (step5 / ckpt.STATE_DIR / "rng_0.safetensors").write_bytes(b"not a safetensors file")
+    (step5 / "manifest.json").unlink()  # the RNG check itself (the manifest's: test_manifest.py)
     with pytest.raises(ckpt.CheckpointError, match="rng_0.safetensors: unreadable RNG state"):
         run(tmp_path, corpus, **{"optim.max_steps": 10, "checkpoint.resume": "auto"})
 

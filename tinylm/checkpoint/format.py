@@ -37,6 +37,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from tinylm.checkpoint.manifest import MANIFEST_FILE, problems, write_manifest
 from tinylm.common.atomic import atomic_dir, atomic_path, atomic_write
 from tinylm.data.corpus import DataError
 from tinylm.data.tokenizer import Tokenizer, require_same_tokenizer
@@ -218,6 +219,7 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     """Build the GPT a checkpoint describes and load its weights: (model in eval mode, config).
     Built on the meta device and given the file's tensors: no random init, one copy."""
     ckpt = resolve_checkpoint(ckpt)
+    verify_checkpoint(ckpt)
     cfg = read_config(ckpt)
     with torch.device("meta"):
         model = GPT(_gpt_config(ckpt, cfg))
@@ -238,6 +240,19 @@ def write_checkpoint(ckpt_dir: str | Path, model: GPT, train_config: dict,
     shutil.copyfile(tokenizer_path, ckpt_dir / TOKENIZER_FILE)
     if trainer_state is not None:
         atomic_write(ckpt_dir / TRAINER_STATE_FILE, json.dumps(trainer_state, indent=2))
+    write_manifest(ckpt_dir)  # last: every file of the directory, the state/ of all processes too
+
+
+def verify_checkpoint(ckpt: str | Path) -> None:
+    """Every file of ``ckpt`` matches its manifest, or CheckpointError naming the first that
+    does not; a checkpoint without a manifest (tinylm 0.1) loads with a warning."""
+    found = problems(ckpt)
+    if found is None:
+        warnings.warn(f"{ckpt}: no {MANIFEST_FILE} (a checkpoint of tinylm 0.1): its files are "
+                      "not verified", stacklevel=2)
+    elif found:
+        more = f" (+{len(found) - 1} more: tinylm verify {ckpt})" if len(found) > 1 else ""
+        raise CheckpointError(found[0] + more)
 
 
 def read_trainer_state(ckpt_dir: str | Path) -> dict:
@@ -326,10 +341,23 @@ def resolve_resume(choice: str, ckpt_root: Path) -> Path | None:
     there is none yet), a path -> that checkpoint (an error if it is none)."""
     if not choice:
         return None
-    if choice == "auto":
-        return latest_checkpoint(ckpt_root)
+    if choice == "auto":  # the newest that verifies: a damaged one is skipped, with the reason
+        damaged = []
+        for _, ckpt in reversed(step_dirs(ckpt_root)):
+            found = problems(ckpt)
+            if not found:
+                if found is None:
+                    verify_checkpoint(ckpt)  # (the warning)
+                return ckpt
+            damaged.append(found[0])
+            warnings.warn(f"checkpoint.resume=auto: {found[0]}: skipping {ckpt.name}", stacklevel=2)
+        if damaged:  # never a fresh start over checkpoints that are all damaged
+            raise CheckpointError(f"checkpoint.resume=auto: no checkpoint under {ckpt_root} "
+                                  f"verifies ({damaged[0]})")
+        return None
     if not (Path(choice) / CONFIG_FILE).is_file():
         raise CheckpointError(f"checkpoint.resume={choice}: not a checkpoint directory")
+    verify_checkpoint(choice)
     return Path(choice)
 
 
@@ -345,6 +373,7 @@ def init_from(model: GPT, path: str | Path, tokenizer_path: str | Path):
     ``CheckpointError``/``TokenizerMismatchError``, one line each. Returns a ``CopyReport``.
     """
     ckpt = resolve_checkpoint(path)
+    verify_checkpoint(ckpt)
     require_same_tokenizer(ckpt / TOKENIZER_FILE, tokenizer_path)
     tensors, file_groups = read_weights(ckpt / MODEL_FILE)
     _require_same_ties(ckpt / MODEL_FILE, file_groups, model)

@@ -8,6 +8,7 @@
     tinylm student TEACHER --layers every:2 --out DIR [--n-embd N]
     tinylm convert to-hf CKPT OUT | from-hf HF_DIR OUT
     tinylm pack CKPT OUT [--bits 8|6]                 (tinylm evaluate OUT scores the file)
+    tinylm verify CKPT|RUN_DIR [...]                  every file against its manifest
 
 Every subcommand parses the same way (argparse, a usage error is one line and exit 2) and
 every error goes through one map (:data:`ERRORS`): bad input is one ``error: ...`` line and
@@ -29,6 +30,7 @@ import sys
 COMMANDS = {
     "train": "train", "prepare": "data", "tokenizer": "data", "evaluate": "evaluate",
     "generate": "generate", "student": "student", "convert": "convert", "pack": "pack",
+    "verify": "verify",
 }
 
 

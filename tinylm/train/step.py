@@ -87,6 +87,30 @@ def choose_precision(choice: str, model_cfg, optim_cfg: OptimConfig,
     return best, f"auto: measured {ms['bf16']:.1f} ms/step bf16 vs {ms['no']:.1f} fp32"
 
 
+class StepWindow:
+    """Sums of step stats since the last train line, kept on the device: read (one host sync,
+    averaged over processes) only when a line is logged."""
+
+    def __init__(self) -> None:
+        self.n, self.sums, self.lr = 0, {}, 0.0
+
+    def add(self, stats: StepStats) -> None:
+        self.lr = stats.lr  # the line shows the current learning rate
+        values = {"loss": stats.loss, "grad_norm": stats.grad_norm.float()}
+        if stats.kl is not None:  # loss is then the mix; KL is the teacher-matching part
+            values["distill_kl"] = stats.kl
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0) + v.detach()
+        self.n += 1
+
+    def pop(self, accelerator) -> dict:
+        keys = list(self.sums)
+        stacked = torch.stack([self.sums[k].to(accelerator.device).float() for k in keys])
+        means = (accelerator.reduce(stacked, "mean") / self.n).tolist()
+        self.n, self.sums = 0, {}
+        return {**dict(zip(keys, means)), "lr": self.lr}
+
+
 class LocalRuntime:
     """The members of an ``Accelerator`` that :func:`train_step` uses, for one process without
     accelerate. Benchmarks time several precisions in one process, which accelerate's

@@ -45,7 +45,7 @@ from tinylm.train.metrics import RunLogger, plot_losses
 from tinylm.train.optim import build_optimizers
 from tinylm.train.rundir import LauncherWatch, RunDirError, RunDirLock, require_writable
 from tinylm.train.state import StopSignal, TrainHooks, TrainState
-from tinylm.train.step import StepStats, TrainingDiverged, choose_precision, train_step
+from tinylm.train.step import StepStats, StepWindow, TrainingDiverged, choose_precision, train_step
 
 __all__ = ["TrainHooks", "TrainState", "Trainer", "TrainingDiverged", "train"]
 
@@ -242,7 +242,7 @@ class Trainer:
         """Train to ``optim.max_steps`` or the end of ``optim.max_time`` (or a stop signal);
         returns a summary of the run."""
         s, o = self.state, self.cfg.optim
-        first, last_eval, window = s.step, None, _Window()
+        first, last_eval, window = s.step, None, StepWindow()
         self.model.train()
         try:
             with StopSignal() as stop:
@@ -375,30 +375,6 @@ class Trainer:
             "val": last_eval.to_dict() if last_eval else None,
             "params": self.raw_model.num_params(),
         }
-
-
-class _Window:
-    """Sums of step stats since the last train line, kept on the device: read (one host sync,
-    averaged over processes) only when a line is logged."""
-
-    def __init__(self) -> None:
-        self.n, self.sums, self.lr = 0, {}, 0.0
-
-    def add(self, stats: StepStats) -> None:
-        self.lr = stats.lr  # the line shows the current learning rate
-        values = {"loss": stats.loss, "grad_norm": stats.grad_norm.float()}
-        if stats.kl is not None:  # loss is then the mix; KL is the teacher-matching part
-            values["distill_kl"] = stats.kl
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0) + v.detach()
-        self.n += 1
-
-    def pop(self, accelerator) -> dict:
-        keys = list(self.sums)
-        stacked = torch.stack([self.sums[k].to(accelerator.device).float() for k in keys])
-        means = (accelerator.reduce(stacked, "mean") / self.n).tolist()
-        self.n, self.sums = 0, {}
-        return {**dict(zip(keys, means)), "lr": self.lr}
 
 
 def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
