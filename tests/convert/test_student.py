@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from helpers import REPO, env, write_corpus
-from tinylm.checkpoint.format import (CheckpointError, find_checkpoints, init_from,
-                                      init_model_config, load_model)
+from tinylm.checkpoint.format import CheckpointError, find_checkpoints, load_model
+from tinylm.checkpoint.init_from import init_from, init_model_config
 from tinylm.checkpoint.load import load_for_inference
 from tinylm.convert.student import make_student, select_layers
 from tinylm.data.tokenizer import Tokenizer, TokenizerMismatchError

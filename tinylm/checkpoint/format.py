@@ -39,12 +39,12 @@ from safetensors.torch import save_file
 
 from tinylm.checkpoint.manifest import MANIFEST_FILE, problems, write_manifest
 from tinylm.common.atomic import atomic_dir, atomic_path, atomic_write
+from tinylm.common.safefile import check_header
 from tinylm.data.corpus import DataError
-from tinylm.data.tokenizer import Tokenizer, require_same_tokenizer
+from tinylm.data.tokenizer import Tokenizer
 from tinylm.model.config import GPTConfig, padded_vocab
 from tinylm.model.gpt import GPT
 from tinylm.sharing.tying import check_ties, tied_groups
-from tinylm.sharing.weights import set_weights
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -105,6 +105,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], list[list[s
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
+        check_header(path)  # before safetensors maps or reads what its header claims
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {_strip_wrappers(k): f.get_tensor(k) for k in f.keys()}
@@ -114,7 +115,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], list[list[s
     return tensors, [[_strip_wrappers(n) for n in g] for g in groups]
 
 
-def _require_same_ties(path: Path, file_groups: list[list[str]], model: torch.nn.Module) -> None:
+def require_same_ties(path: Path, file_groups: list[list[str]], model: torch.nn.Module) -> None:
     """The one tie check on load: the file's groups must be the model's (a mismatch is the
     transformers failure where a round trip gives a random head)."""
     ours, theirs = tied_groups(model), sorted(map(sorted, file_groups))
@@ -139,7 +140,7 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
                  file_groups: list[list[str]], path: str | Path, assign: bool = False) -> None:
     """:func:`load_weights` on tensors already read (each tie group once, under its canonical
     name) from ``path`` (a model.safetensors, or a packed artifact), strictly, ties checked."""
-    _require_same_ties(Path(path), file_groups, model)
+    require_same_ties(Path(path), file_groups, model)
     model_groups = tied_groups(model)
     for group in model_groups:
         name = _canonical(group)
@@ -359,41 +360,3 @@ def resolve_resume(choice: str, ckpt_root: Path) -> Path | None:
         raise CheckpointError(f"checkpoint.resume={choice}: not a checkpoint directory")
     verify_checkpoint(choice)
     return Path(choice)
-
-
-# -- starting from a checkpoint's weights ----------------------------------------------------
-
-
-def init_from(model: GPT, path: str | Path, tokenizer_path: str | Path):
-    """Overwrite every weight of ``model`` with checkpoint ``path``'s (a checkpoint dir, or a
-    run dir's latest). Weights only: no optimizer state, no step (that is resume's job).
-
-    The checkpoint must hold exactly ``model``'s tensors with the same shapes and ties, and its
-    tokenizer.json must be the run's ``tokenizer_path`` (the same ids), else
-    ``CheckpointError``/``TokenizerMismatchError``, one line each. Returns a ``CopyReport``.
-    """
-    ckpt = resolve_checkpoint(path)
-    verify_checkpoint(ckpt)
-    require_same_tokenizer(ckpt / TOKENIZER_FILE, tokenizer_path)
-    tensors, file_groups = read_weights(ckpt / MODEL_FILE)
-    _require_same_ties(ckpt / MODEL_FILE, file_groups, model)
-    try:
-        report = set_weights(model, tensors, strict=True)
-    except ValueError as e:
-        raise CheckpointError(f"{ckpt / MODEL_FILE}: {e}") from None
-    if report.missing:
-        raise CheckpointError(f"{ckpt / MODEL_FILE}: no tensor for {report.missing[0]} "
-                              f"({len(report.missing)} missing); is it this architecture?")
-    check_ties(model)
-    report.title = f"init_from {ckpt}"
-    return report
-
-
-def init_model_config(path: str | Path, vocab_size: int | None = None) -> GPTConfig:
-    """The architecture a run that starts from checkpoint ``path``'s weights must build.
-    ``vocab_size``, the run's tokenizer's, must match the checkpoint's, or ``CheckpointError``."""
-    cfg = model_config(path)
-    if vocab_size is not None and vocab_size != cfg.vocab_size:
-        raise CheckpointError(f"{resolve_checkpoint(path)}: vocab_size {cfg.vocab_size}, but this "
-                              f"run's tokenizer gives {vocab_size}")
-    return cfg

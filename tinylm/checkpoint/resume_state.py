@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from tinylm.checkpoint.format import CheckpointError, read_config, read_trainer_state
 from tinylm.checkpoint.rng import require_pickle_trust
 from tinylm.common.atomic import atomic_path
+from tinylm.common.safefile import check_header
 from tinylm.distributed.parallel import is_sharded, unwrap
 
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -68,6 +69,7 @@ def write_optimizer(state: dict, path: Path) -> None:
 def read_optimizer(path: Path) -> dict:
     """The state :func:`write_optimizer` wrote; never unpickles anything."""
     try:
+        check_header(path)
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != OPTIMIZER_FORMAT:

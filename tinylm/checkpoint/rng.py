@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from tinylm.checkpoint.format import CheckpointError
 from tinylm.common.atomic import atomic_path
+from tinylm.common.safefile import check_header
 
 RNG_FORMAT = "tinylm-rng-1"
 PICKLE_FLOOR = (2, 10)  # torch versions before this had weights_only bypasses
@@ -59,6 +60,7 @@ def save_rng(state_dir: Path, accelerator) -> None:
 def read_rng(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, JSON state) of one process's RNG file; CheckpointError naming it otherwise."""
     try:
+        check_header(path)
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["tinylm_rng"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}

@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 from tinylm.checkpoint.format import (TOKENIZER_FILE, CheckpointError, load_model, read_json,
                                       resolve_checkpoint, write_checkpoint)
 from tinylm.common.atomic import atomic_dir, atomic_path, atomic_write
+from tinylm.common.safefile import SafetensorsHeaderError, check_header
 from tinylm.data.corpus import DataError
 from tinylm.data.tokenizer import EOT, Tokenizer
 from tinylm.model.config import GPTConfig
@@ -192,8 +193,10 @@ def _weight_files(hf_dir: Path) -> list[Path]:
 def _tinylm_tensors(hf_dir: Path, cfg: GPTConfig) -> dict[str, torch.Tensor]:
     """Read the HF weights one at a time into tinylm's names and layout, guarding the tie."""
     with contextlib.ExitStack() as files:
-        shards = [files.enter_context(safe_open(str(f), framework="pt"))
-                  for f in _weight_files(hf_dir)]
+        paths = _weight_files(hf_dir)
+        for f in paths:
+            check_header(f)  # before safetensors maps what a damaged header claims
+        shards = [files.enter_context(safe_open(str(f), framework="pt")) for f in paths]
         src = {k: sf for sf in shards for k in sf.keys()}  # name -> its open shard
 
         def get(name: str) -> torch.Tensor:
@@ -262,7 +265,7 @@ def import_from_hf(hf_dir: str | Path, out: str | Path) -> Path:
         model = GPT(cfg)
     try:  # a shared block's depths must hold equal copies (the tie guard compares them)
         model.load_state_dict(_tinylm_tensors(hf_dir, cfg), strict=True, assign=True)
-    except (SafetensorError, OSError) as e:  # a truncated or damaged file
+    except (SafetensorError, SafetensorsHeaderError, OSError) as e:  # a truncated or damaged file
         raise HFConvertError(f"{hf_dir}: a weight file is corrupt or truncated ({e})") from None
     except TieError as e:
         raise HFConvertError(f"{hf_dir}: tinylm_layer_map={list(cfg.depth_map)} shares blocks, "

@@ -27,7 +27,8 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from tinylm.checkpoint.checkpointer import Checkpointer
-from tinylm.checkpoint.format import init_from, init_model_config, resolve_resume
+from tinylm.checkpoint.format import resolve_resume
+from tinylm.checkpoint.init_from import init_from, init_model_config
 from tinylm.checkpoint.resume_state import require_same_run
 from tinylm.data.batches import EvalBlocks, TrainBatches
 from tinylm.data.prepare import prepare
