@@ -2,10 +2,17 @@
 or the new checkpoint, never a half one; what damage from outside leaves is skipped or
 refused with a message. (Resume across strategies and process counts: test_parallel.py.)"""
 
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from helpers import REPO, accelerate_2proc, env, tiny_overrides, world_size, write_corpus
+
 from tinylm.checkpoint.checkpointer import Checkpointer
+from tinylm.checkpoint.manifest import problems
 from tinylm.checkpoint.format import (MODEL_FILE, CheckpointError, find_checkpoints, load_model,
                                       step_dirs)
 from tinylm.model.config import GPTConfig
@@ -86,3 +93,52 @@ def test_an_incomplete_step_dir_is_skipped_or_refused_with_a_message(tmp_path):
         assert find_checkpoints(tmp_path / "run") == [saver.root / "step-1"]
     with pytest.raises(CheckpointError, match="step-2: incomplete checkpoint"):
         find_checkpoints(saver.root / "step-2")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MiB filesystem (tmpfs; needs root, as CI and this machine have), or a skip."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+                      capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_real_full_disk_while_saving_is_one_line_and_the_rerun_goes_on(tmp_path, small_disk, processes):
+    """Checkpoints of ~0.66 MB every 2 steps, none pruned, into 3 MiB: a save fails with
+    safetensors' own "No space left on device". One line, exit 2, on every process (no
+    "Connection closed by peer" from the other rank); no temp dir left; the checkpoints
+    before it verify, and a rerun with pruning resumes from the newest."""
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    args = tiny_overrides(tmp_path, corpus, **{"run_dir": small_disk / "run", "optim.max_steps": 20,
+                                               "checkpoint.interval": 2, "checkpoint.keep_last": 0,
+                                               "log.interval": 100, "eval.interval": 0})
+    if processes == 1:
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "configs/tiny.yaml",
+                               *args], capture_output=True, text=True, env=env(tmp_path), cwd=REPO,
+                              timeout=300)
+    else:
+        proc = accelerate_2proc(REPO / "scripts" / "train.py", ["configs/tiny.yaml", *args], tmp_path)
+        assert world_size(proc.stdout + proc.stderr) == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors and set(errors) == {errors[0]} and "not saved (" in errors[0], proc.stderr[-3000:]
+    assert "No space left on device" in errors[0] and "earlier checkpoints are intact" in errors[0]
+    assert "Connection closed by peer" not in proc.stderr
+    if processes == 1:  # (two processes: the launcher adds its own report of the exit status)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    root = small_disk / "run" / "checkpoints"
+    assert not list(root.glob(".*")), list(root.iterdir())  # no temp dir left behind
+    saved = step_dirs(root)
+    assert saved and all(problems(p) == [] for _, p in saved)
+    for _, old in saved[:-1]:  # the user frees space; the rerun continues from the newest
+        shutil.rmtree(old)
+    again = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "configs/tiny.yaml",
+                            *args, "checkpoint.keep_last=1", "checkpoint.resume=auto",
+                            f"optim.batch_size={8 * processes}",  # one process: the same global batch
+                            "optim.max_steps=" + str(saved[-1][0] + 2)],
+                           capture_output=True, text=True, env=env(tmp_path), cwd=REPO, timeout=300)
+    assert again.returncode == 0 and f"resumed from {saved[-1][1]}" in again.stdout, again.stderr[-3000:]

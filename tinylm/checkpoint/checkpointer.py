@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
+from safetensors import SafetensorError
 
 from tinylm.checkpoint.format import (MODEL_FILE, STATE_DIR, CheckpointError, latest_checkpoint,
                                       load_weights, read_trainer_state, step_dirs, write_checkpoint)
@@ -79,9 +81,10 @@ class Checkpointer:
     def save(self, step: int, model: torch.nn.Module, optimizers: list, train_config: dict,
              tokenizer_path: Path, trainer_state: dict, extra: dict) -> Path:
         """Collective: ``model`` is the prepared one (DDP, FSDP2 or plain); whole tensors are
-        gathered from its shards, so every strategy writes the same files. A failure on the
-        main process (a full disk) removes the temp dir and raises CheckpointError on every
-        process; earlier checkpoints are untouched."""
+        gathered from its shards, so every strategy writes the same files. A failure on any
+        process (a full disk: its RNG file, or the main process's files) removes the temp dir
+        and raises the same CheckpointError on every process; earlier checkpoints are
+        untouched, and nothing is published."""
         acc, final = self.accelerator, self.root / f"step-{step}"
         tmp = self.root / f".step-{step}.tmp"
         if acc.is_main_process:
@@ -91,28 +94,35 @@ class Checkpointer:
         # FSDP2, like the next one
         optim = optimizer_state(model, optimizers)
         acc.wait_for_everyone()
-        error = [None]
-        try:
-            save_rng(tmp / STATE_DIR, acc)  # every process its own
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                write_optimizer(optim, tmp / STATE_DIR / OPTIMIZER_FILE)
+        error = self._agree(self._attempt(final, lambda: save_rng(tmp / STATE_DIR, acc)))
+        if error is None and acc.is_main_process:
+            error = self._attempt(final, lambda: (
+                write_optimizer(optim, tmp / STATE_DIR / OPTIMIZER_FILE),
                 write_checkpoint(tmp, unwrap(model), train_config, tokenizer_path, trainer_state,
-                                 {"step": step, **extra}, state=weights)
-                publish_dir(tmp, final)
-                self._prune()
-        except OSError as e:
-            error = [f"{final}: not saved ({e.strerror or e}); nothing was published, earlier "
-                     "checkpoints are intact"]
+                                 {"step": step, **extra}, state=weights),
+                publish_dir(tmp, final), self._prune()))
+        error = self._agree(error)
+        if error is not None:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
-        acc.wait_for_everyone()
-        if acc.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-            broadcast_object_list(error)
-        if error[0]:
-            raise CheckpointError(error[0])
+            raise CheckpointError(error)
         return final
+
+    @staticmethod
+    def _attempt(final: Path, write) -> str | None:
+        """Run ``write``; the one line a full disk (OSError, or safetensors' own error) gives."""
+        try:
+            write()
+        except (OSError, SafetensorError) as e:
+            reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            return f"{final}: not saved ({reason}); nothing was published, earlier checkpoints are intact"
+        return None
+
+    def _agree(self, error: str | None) -> str | None:
+        """Collective: the first process's error, seen by every process."""
+        if self.accelerator.num_processes == 1:
+            return error
+        return next((e for e in gather_object([error]) if e), None)
 
     def _prune(self) -> None:
         """Keep the newest ``keep_last``; each older one is renamed away before it is
