@@ -38,10 +38,10 @@ def trained():
     return model, [torch.optim.AdamW(model.parameters())]
 
 
-def saved_run(tmp_path, steps=(1, 2), keep_last=2):
+def saved_run(tmp_path, steps=(1, 2), keep_last=2, **kw):
     tok = tmp_path / "tokenizer.json"
     tok.write_text("{}")
-    saver = Checkpointer(tmp_path / "run", _OneProcess(), interval=1, keep_last=keep_last)
+    saver = Checkpointer(tmp_path / "run", _OneProcess(), interval=1, keep_last=keep_last, **kw)
     for step in steps:
         saver.save(step, *trained(), {}, tok, {"step": step, "data": {}}, {})
     return saver
@@ -142,3 +142,14 @@ def test_a_real_full_disk_while_saving_is_one_line_and_the_rerun_goes_on(tmp_pat
                             "optim.max_steps=" + str(saved[-1][0] + 2)],
                            capture_output=True, text=True, env=env(tmp_path), cwd=REPO, timeout=300)
     assert again.returncode == 0 and f"resumed from {saved[-1][1]}" in again.stdout, again.stderr[-3000:]
+
+
+def test_retention_keeps_every_kth_step_and_saves_by_wall_time(tmp_path):
+    saver = saved_run(tmp_path, steps=range(1, 11), keep_last=2, keep_every=4)
+    assert [s for s, _ in step_dirs(saver.root)] == [4, 8, 9, 10]
+    timed = Checkpointer(tmp_path / "t", _OneProcess(), interval=0, keep_last=2, interval_s=60)
+    timed.saved_at_s = 100.0  # the run clock at the last save
+    assert not timed.due(5, 100, now_s=159.0) and timed.due(5, 100, now_s=160.0)
+    assert not timed.due(100, 100, now_s=1e9)  # the final save is the trainer's
+    stepped = Checkpointer(tmp_path / "s", _OneProcess(), interval=10, keep_last=2, interval_s=60)
+    assert stepped.due(10, 100, now_s=0.0) and not stepped.due(11, 100, now_s=59.0)

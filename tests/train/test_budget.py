@@ -14,6 +14,7 @@ from helpers import tiny_overrides
 from tinylm.train.config import load_config
 from tinylm.train.metrics import read_metrics
 from tinylm.train.state import TrainHooks
+from tinylm.checkpoint.format import step_dirs
 from tinylm.train.trainer import Trainer
 
 BUDGET = 20.0  # fake seconds
@@ -71,3 +72,12 @@ def test_a_resumed_run_continues_what_its_budget_had_left(tmp_path, corpus):
     assert state["budget_used_s"] == 8.0  # eight fake seconds of the twenty
     rest, _ = budget_run(tmp_path / "parts", corpus, 1.0, **{"checkpoint.resume": "auto"})
     assert rest["step"] == whole["step"]  # not 8 + a whole new budget
+
+
+def test_checkpoints_by_wall_time_on_the_runs_clock(tmp_path, corpus):
+    """checkpoint.interval_s=5 on the fake clock (1 s a step): a save every 5 s of the run,
+    read (agreed by all processes) when a step starts: the clock reads 5 s as step 6 starts,
+    so steps 6, 11, 16 save, and the final one."""
+    summary, _ = budget_run(tmp_path, corpus, 1.0, **{"checkpoint.interval_s": 5, "checkpoint.keep_last": 0})
+    saved = [s for s, _ in step_dirs(tmp_path / "run" / "checkpoints")]
+    assert saved == [6, 11, 16, summary["step"]] and summary["step"] > 16

@@ -31,6 +31,9 @@ from tinylm.model.gpt import GPT
 class CheckpointConfig:
     interval: int = 500  # optimizer steps between checkpoints (0 = only at the end)
     keep_last: int = 2  # older step-N dirs are deleted once a newer one is complete
+    keep_every: int = 0  # also keep every K-th step forever (Levanter keeps every 10k); 0 = off
+    interval_s: float = 0.0  # also save when this much wall time passed since the last save
+    # (Levanter: every 15 minutes; a step count alone leaves hours between saves on a slow run); 0 = off
     resume: str = ""  # "" = fresh start; "auto" = latest in run_dir; or a checkpoint dir
     init_from: str = ""  # start from these weights only (e.g. make_student.py output); its shape wins
     restore_rng: bool = True  # False: resume without the random state (only dropout uses it)
@@ -38,7 +41,8 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         require("checkpoint", self, {"interval": NON_NEGATIVE, "keep_last": (
-            lambda v: v >= 0, ">= 0 (0 keeps every checkpoint)")})
+            lambda v: v >= 0, ">= 0 (0 keeps every checkpoint)"), "keep_every": NON_NEGATIVE,
+            "interval_s": (lambda v: v >= 0, ">= 0 seconds (0 turns it off)")})
 
 
 class Checkpointer:
@@ -52,9 +56,11 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: Path, accelerator, interval: int, keep_last: int,
-                 trust_pickle: bool = False) -> None:
+                 trust_pickle: bool = False, keep_every: int = 0, interval_s: float = 0.0) -> None:
         self.root = Path(run_dir) / "checkpoints"
         self.accelerator, self.interval, self.keep_last = accelerator, interval, keep_last
+        self.keep_every, self.interval_s = keep_every, interval_s
+        self.saved_at_s = 0.0  # the run clock's reading at the last save (see due)
         self.trust_pickle = trust_pickle  # tinylm 0.1's pickled state files (checkpoint/rng.py)
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -72,8 +78,14 @@ class Checkpointer:
         for junk in [*self.root.glob(".step-*.tmp"), *self.root.glob(".step-*.deleting")]:
             shutil.rmtree(junk, ignore_errors=True)
 
-    def due(self, step: int, max_steps: int) -> bool:
-        return bool(self.interval) and step % self.interval == 0 and step < max_steps
+    def due(self, step: int, max_steps: int, now_s: float = 0.0) -> bool:
+        """Whether to save after ``step``: every ``interval`` steps, or when ``interval_s``
+        passed since the last save on the run's clock ``now_s`` (the same on every process:
+        the trainer agrees on it). The final save is the trainer's."""
+        if step >= max_steps:
+            return False
+        by_steps = bool(self.interval) and step % self.interval == 0
+        return by_steps or bool(self.interval_s) and now_s - self.saved_at_s >= self.interval_s
 
     def latest(self) -> Path | None:
         return latest_checkpoint(self.root)
@@ -125,10 +137,13 @@ class Checkpointer:
         return next((e for e in gather_object([error]) if e), None)
 
     def _prune(self) -> None:
-        """Keep the newest ``keep_last``; each older one is renamed away before it is
-        deleted, so a kill mid-delete leaves no step-N that looks complete but is not."""
+        """Keep the newest ``keep_last``, and every ``keep_every``-th step forever; each other
+        one is renamed away before it is deleted, so a kill mid-delete leaves no step-N that
+        looks complete but is not."""
         if self.keep_last > 0:
-            for _, old in step_dirs(self.root)[:-self.keep_last]:
+            for step, old in step_dirs(self.root)[:-self.keep_last]:
+                if self.keep_every and step % self.keep_every == 0:
+                    continue
                 doomed = old.with_name(f".{old.name}.deleting")
                 os.replace(old, doomed)
                 shutil.rmtree(doomed, ignore_errors=True)

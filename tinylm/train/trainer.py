@@ -81,8 +81,9 @@ class Trainer:
         # meta: a resume's weights come from the checkpoint, with no random init before them.
         with torch.device("meta"):
             self.raw_model = GPT(model_cfg)
-        self.checkpointer = Checkpointer(self.run_dir, acc, cfg.checkpoint.interval,
-                                         cfg.checkpoint.keep_last, cfg.checkpoint.trust_pickle)
+        c = cfg.checkpoint
+        self.checkpointer = Checkpointer(self.run_dir, acc, c.interval, c.keep_last, c.trust_pickle,
+                                         c.keep_every, c.interval_s)
         resume_from = resolve_resume(cfg.checkpoint.resume, self.checkpointer.root)
         rng = True
         if resume_from is not None:
@@ -244,6 +245,7 @@ class Trainer:
         returns a summary of the run."""
         s, o = self.state, self.cfg.optim
         first, last_eval, window = s.step, None, StepWindow()
+        self.checkpointer.saved_at_s = s.budget_used_s  # the same on every process
         self.model.train()
         try:
             with StopSignal() as stop:
@@ -283,7 +285,8 @@ class Trainer:
                         self.logger.log(self._train_record(window.pop(self.accelerator)))
                     if self.evaluator.due(s.step, o.max_steps):
                         last_eval = self._evaluate(final=False)
-                    if self.checkpointer.due(s.step, o.max_steps):
+                    if self.checkpointer.due(s.step, o.max_steps, used):
+                        self.checkpointer.saved_at_s = used
                         self._save()
         except BaseException:
             self.accelerator.end_training()  # release the process group, or the exit may abort
