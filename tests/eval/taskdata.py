@@ -19,7 +19,7 @@ def hellaswag_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [{"ind": i, "activity_label": _phrase(rng, 1, 2).title(), "ctx_a": _phrase(rng) + ".",
              "ctx_b": _phrase(rng, 1, 3), "ctx": "", "split": "val", "split_type": "indomain",
-             "source_id": f"s{i}", "endings": [_phrase(rng, 1, 9) + "." for _ in range(4)],
+             "source_id": f"s{i}", "endings": [_phrase(rng, 1, 5) + "." for _ in range(4)],
              "label": str(rng.randrange(4))} for i in range(n)]
 
 
@@ -37,7 +37,7 @@ def arc_rows(n: int, seed: int = 1) -> list[dict]:
 
 def piqa_rows(n: int, seed: int = 2) -> list[dict]:
     rng = random.Random(seed)
-    return [{"goal": _phrase(rng, 3, 8), "sol1": _phrase(rng, 2, 9), "sol2": _phrase(rng, 2, 9),
+    return [{"goal": _phrase(rng, 3, 8), "sol1": _phrase(rng, 2, 6), "sol2": _phrase(rng, 2, 6),
              "label": rng.randrange(2)} for _ in range(n)]
 
 

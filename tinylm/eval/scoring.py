@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from accelerate.utils import gather_object
 
 from tinylm.data.tokenizer import Tokenizer
-from tinylm.eval.tasks import Item, TaskSpec
+from tinylm.eval.tasks import Item, TaskError, TaskSpec
 
 
 def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -82,6 +82,10 @@ def loglikelihoods(model: torch.nn.Module, pairs: list[tuple[list[int], list[int
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
+    too_long = [len(t) for _, t in pairs if len(t) > max_len]
+    if too_long:  # lm-eval would score garbage positions; refuse instead
+        raise ValueError(f"a continuation of {too_long[0]} tokens does not fit the model's "
+                         f"context of {max_len}")
     inputs = [((c + t)[-(max_len + 1):][:-1], len(t)) for c, t in pairs]
     order = sorted(range(len(pairs)), key=lambda i: (-len(inputs[i][0]), i))
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
@@ -166,6 +170,10 @@ def score_tasks(model: torch.nn.Module, tokenizer: Tokenizer,
         for k, item in enumerate(items):
             for ctx, cont in zip(item.contexts, item.continuations):
                 pairs.append(encode_pair(tokenizer, ctx, cont))
+                if len(pairs[-1][1]) > max_len:
+                    raise TaskError(f"task {spec.name}: item {item.index}: a continuation of "
+                                    f"{len(pairs[-1][1])} tokens does not fit the model's "
+                                    f"context of {max_len}")
                 owners.append((t, k))
     scores = loglikelihoods(model, pairs, max_len=max_len, batch_size=batch_size,
                             accelerator=accelerator)
