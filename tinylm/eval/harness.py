@@ -117,11 +117,9 @@ def _task_name(path: Path) -> str | None:
     return None
 
 
-def run_harness(model: torch.nn.Module, tokenizer: Tokenizer, tasks: list[str], *,
-                work_dir: Path, limit: int | None = None, num_fewshot: int | None = None,
-                batch_size: int = 32, log_samples: bool = False) -> dict:
-    """lm-eval's ``simple_evaluate`` on the model in memory; ``tasks`` are lm-eval task names
-    or ``name=FILE`` (see :func:`local_task_yaml`). Returns lm-eval's results dict."""
+def task_manager(tasks: list[str], work_dir: Path) -> tuple[list[str], TaskManager]:
+    """lm-eval task names for ``tasks`` (``name`` or ``name=FILE``) and a TaskManager that
+    knows them all; an unknown name is a :class:`TaskError`."""
     names = []
     for t in tasks:
         name, _, path = t.partition("=")
@@ -130,10 +128,23 @@ def run_harness(model: torch.nn.Module, tokenizer: Tokenizer, tasks: list[str], 
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
         raise TaskError(f"task {unknown[0]!r}: not one of lm-eval's tasks")
-    lm = TinyLM(model, tokenizer, batch_size=batch_size)
+    return names, manager
+
+
+def evaluate_lm(lm, tasks: list[str], *, work_dir: Path, limit: int | None = None,
+                num_fewshot: int | None = None, log_samples: bool = False) -> dict:
+    """lm-eval's ``simple_evaluate`` for any lm-eval model object (TinyLM, HFLM...)."""
+    names, manager = task_manager(tasks, work_dir)
     return lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
                                    num_fewshot=num_fewshot, log_samples=log_samples,
                                    bootstrap_iters=0)
+
+
+def run_harness(model: torch.nn.Module, tokenizer: Tokenizer, tasks: list[str], *,
+                work_dir: Path, batch_size: int = 32, **kwargs) -> dict:
+    """lm-eval's harness on the model in memory (see :func:`evaluate_lm` for ``kwargs``)."""
+    return evaluate_lm(TinyLM(model, tokenizer, batch_size=batch_size), tasks,
+                       work_dir=work_dir, **kwargs)
 
 
 def harness_on_checkpoint(ckpt: str | Path, tasks: list[str], **kwargs) -> dict:
