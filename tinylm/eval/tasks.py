@@ -51,6 +51,7 @@ class TaskSpec:
     fewshot_split: str | None = None  # None: shots from the scored split, never the item itself
     num_fewshot: int = 0  # lm-eval's default for all six is 0-shot
     template: str = "{question}"  # the context, from the row's fields (str.format)
+    metric: str = "acc_norm"  # the one a table row shows: the metric the field quotes
 
 
 @dataclass
@@ -135,7 +136,7 @@ TASKS: dict[str, TaskSpec] = {s.name: s for s in [
              fewshot_split="train"),
     TaskSpec("arc_easy", "multiple_choice", "allenai/ai2_arc",
              ("question", "choices", "answerKey"), "arc", hf_config="ARC-Easy", split="test",
-             fewshot_split="train", template=_QA),
+             fewshot_split="train", template=_QA, metric="acc"),
     TaskSpec("arc_challenge", "multiple_choice", "allenai/ai2_arc",
              ("question", "choices", "answerKey"), "arc", hf_config="ARC-Challenge",
              split="test", fewshot_split="train", template=_QA),
@@ -143,9 +144,9 @@ TASKS: dict[str, TaskSpec] = {s.name: s for s in [
              fewshot_split="train", template="Question: {goal}\nAnswer:"),
     TaskSpec("winogrande", "multiple_choice", "allenai/winogrande",
              ("sentence", "option1", "option2", "answer"), "winogrande",
-             hf_config="winogrande_xl", fewshot_split="train"),
+             hf_config="winogrande_xl", fewshot_split="train", metric="acc"),
     TaskSpec("lambada_openai", "cloze", "EleutherAI/lambada_openai", ("text",), "lambada",
-             hf_config="default", split="test"),
+             hf_config="default", split="test", metric="acc"),
 ]}
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}

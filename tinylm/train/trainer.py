@@ -34,6 +34,7 @@ from tinylm.data.prepare import prepare
 from tinylm.distributed.parallel import describe, is_sharded, make_plugin, strategy_line, wrap
 from tinylm.distributed.sync_check import SyncChecker, check_tied_sync
 from tinylm.eval.loss import EvalResult, Evaluator
+from tinylm.eval.suite import TaskEvaluator
 from tinylm.model.config import GPTConfig
 from tinylm.model.gpt import GPT, materialize
 from tinylm.train.budget import TimeBudget
@@ -140,6 +141,7 @@ class Trainer:
         eval_loader = acc.prepare(DataLoader(EvalBlocks(self.data.val_path, T, dtype=self.data.dtype),
                                              batch_size=cfg.eval.batch_size, shuffle=False))
         self.evaluator = Evaluator(eval_loader, cfg.eval, self.meta, acc)
+        self.tasks = TaskEvaluator(cfg.eval, self.data.tokenizer_path, acc, T, cfg.data.dir)
         return model_cfg
 
     def _claim_run_dir(self) -> RunDirLock | None:
@@ -273,6 +275,8 @@ class Trainer:
                         self.logger.log(self._train_record(window.pop(self.accelerator)))
                     if self.evaluator.due(s.step, o.max_steps):
                         last_eval = self._evaluate(final=False)
+                    if self.tasks.due(s.step, o.max_steps):  # downstream tasks (off by default)
+                        self.logger.log(self.tasks.run(self.model, s.step))
                     if self.checkpointer.due(s.step, o.max_steps):
                         self._save()
         except BaseException:
@@ -283,6 +287,8 @@ class Trainer:
                        f"checkpoint at step {s.step}")
         else:
             last_eval = self._evaluate(final=True)
+            if self.tasks.active:
+                self.logger.log(self.tasks.run(self.model, s.step))
         checkpoint = self._save()
         return self._finish(stop.signum, checkpoint, last_eval)
 
@@ -348,6 +354,9 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
         tok_s = self.tokens_per_step * s.steps_timed / s.train_seconds if s.steps_timed else 0.0
+        if self.tasks.active:  # what judging the model in the loop cost
+            share = 100 * self.tasks.seconds / max(s.train_seconds, 1e-9)
+            self.print(f"in-loop tasks: {self.tasks.seconds:.1f} s, {share:.1f}% of training time")
         return {
             "step": s.step, "stopped_by": signal.Signals(signum).name if signum else None,
             "num_processes": self.accelerator.num_processes, "tokens_per_s": tok_s,
@@ -355,7 +364,7 @@ class Trainer:
             "train_seconds": s.train_seconds, "checkpoint": str(checkpoint),
             "budget_used_s": self.budget.used() if self.budget.seconds else None,
             "val": last_eval.to_dict() if last_eval else None,
-            "params": self.raw_model.num_params(),
+            "params": self.raw_model.num_params(), "tasks_seconds": self.tasks.seconds,
         }
 
 
