@@ -137,7 +137,7 @@ def evaluate_lm(lm, tasks: list[str], *, work_dir: Path, limit: int | None = Non
     names, manager = task_manager(tasks, work_dir)
     return lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
                                    num_fewshot=num_fewshot, log_samples=log_samples,
-                                   bootstrap_iters=0)
+                                   bootstrap_iters=1000)  # stderr: closed form for means
 
 
 def run_harness(model: torch.nn.Module, tokenizer: Tokenizer, tasks: list[str], *,
