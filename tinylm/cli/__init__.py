@@ -3,10 +3,11 @@
     tinylm train [CONFIG|PRESET] [key=value ...]      (also: accelerate launch scripts/train.py)
     tinylm prepare [CONFIG|PRESET] [data.key=value ...]
     tinylm tokenizer [CONFIG|PRESET] [data.key=value ...] [--out tokenizer.json]
-    tinylm evaluate CKPT [CKPT ...] [--data SOURCE] [--json OUT]
+    tinylm evaluate CKPT [CKPT ...] [--data SOURCE] [--json OUT] [--tasks T,.. | --harness T,..]
     tinylm generate CKPT --prompt TEXT [...]
     tinylm student TEACHER --layers every:2 --out DIR [--n-embd N]
     tinylm convert to-hf CKPT OUT | from-hf HF_DIR OUT
+    tinylm report RUN_DIR                             (report.md: the run's reference card)
 
 Every subcommand parses the same way (argparse, a usage error is one line and exit 2) and
 every error goes through one map (:data:`ERRORS`): bad input is one ``error: ...`` line and
@@ -27,7 +28,7 @@ import sys
 # name -> module in tinylm.cli that has add_arguments(parser) and run(args) -> int
 COMMANDS = {
     "train": "train", "prepare": "data", "tokenizer": "data", "evaluate": "evaluate",
-    "generate": "generate", "student": "student", "convert": "convert",
+    "generate": "generate", "student": "student", "convert": "convert", "report": "report",
 }
 
 
