@@ -62,11 +62,10 @@ def _score_batch(model, rows, targets, device, autocast) -> list[tuple[float, bo
     x, lengths = _batch(rows, device)
     with autocast:
         logits = model(x)
-    logp = F.log_softmax(logits.float(), dim=-1)
     out = []
     for i, ((_, n_cont), cont) in enumerate(zip(rows, targets)):
-        n = lengths[i]
-        lp = logp[i, n - n_cont:n]
+        n = lengths[i]  # log-softmax of the continuation's positions only: (B, T, V) never is
+        lp = F.log_softmax(logits[i, n - n_cont:n].float(), dim=-1)
         t = torch.tensor(cont, device=lp.device)
         greedy = bool((lp.argmax(-1) == t).all())
         out.append((float(lp.gather(1, t[:, None]).sum()), greedy))
