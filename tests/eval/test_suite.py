@@ -104,3 +104,20 @@ def test_report_refuses_a_directory_that_is_no_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "report.md").exists()
+
+
+def test_harness_flag_runs_lm_eval_in_memory_and_agrees_with_tasks(tiny_run, task_arg, tmp_path,
+                                                                   capsys):
+    ckpt = str(tiny_run / "checkpoints" / "step-10")
+    piqa_like = [t for t in task_arg.split(",") if t.startswith("arc_easy=")]
+    assert main(["evaluate", ckpt, "--harness", piqa_like[0], "--limit", "9",
+                 "--json", str(tmp_path / "h.json")]) == 0
+    assert "tinylm_local_arc_easy" in capsys.readouterr().out
+    (h,) = json.loads((tmp_path / "h.json").read_text())
+    assert main(["evaluate", ckpt, "--tasks", piqa_like[0], "--limit", "9",
+                 "--json", str(tmp_path / "t.json")]) == 0
+    (t,) = json.loads((tmp_path / "t.json").read_text())[0]["tasks"]
+    theirs = h["results"]["tinylm_local_arc_easy"]
+    assert (theirs["acc,none"], theirs["acc_norm,none"]) == (t["metrics"]["acc"],
+                                                             t["metrics"]["acc_norm"])
+    assert theirs["acc_stderr,none"] == pytest.approx(t["stderr"]["acc"])
