@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, accelerate_2proc, tiny_overrides, write_corpus
+from helpers import REPO, accelerate_2proc, tiny_overrides, world_size, write_corpus
 from taskdata import write_task
 from tinylm.cli import main
 from tinylm.train.config import load_config
@@ -121,3 +121,20 @@ def test_harness_flag_runs_lm_eval_in_memory_and_agrees_with_tasks(tiny_run, tas
     assert (theirs["acc,none"], theirs["acc_norm,none"]) == (t["metrics"]["acc"],
                                                              t["metrics"]["acc_norm"])
     assert theirs["acc_stderr,none"] == pytest.approx(t["stderr"]["acc"])
+
+
+@pytest.mark.slow
+def test_in_loop_tasks_under_two_fsdp2_processes(task_arg, tmp_path):
+    """Every rank runs the same number of forwards (FSDP2 all-gathers in each): no hang, and
+    the scores reach metrics.jsonl once per due step."""
+    corpus = write_corpus(tmp_path / "corpus.txt", 60_000)
+    args = ["configs/tiny.yaml", *tiny_overrides(tmp_path, corpus, **{
+        "optim.max_steps": 6, "parallel.strategy": "fsdp2", "eval.tasks": f"[{task_arg}]",
+        "eval.task_interval": 3, "eval.task_limit": 5, "eval.extra_sources": f"[{corpus}]"})]
+    proc = accelerate_2proc(REPO / "scripts" / "train.py", args, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert world_size(out) == 2 and proc.returncode == 0, out[-3000:]
+    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "tasks"]
+    assert [r["step"] for r in records] == [3, 6]
+    assert all(r["arc_easy/items"] == 5 and "bpb/corpus" in r for r in records)
+    assert out.count("tasks @ step 3:") == 1  # the main process prints, once
