@@ -70,7 +70,8 @@ def test_in_loop_tasks_reach_metrics_and_leave_training_unchanged(task_arg, tmp_
     on_cfg = load_config("configs/tiny.yaml", tiny_overrides(
         tmp_path / "b", corpus, **base, **{"eval.tasks": tasks, "eval.task_interval": 5,
                                            "eval.task_limit": 8, "eval.task_fewshot": 1,
-                                           "eval.extra_sources": f"[{extra}]"}))
+                                           "eval.extra_sources": f"[{extra}]",
+                                           "log.report": True}))
     on = train(on_cfg)
     losses = [[r["loss"] for r in read_metrics(tmp_path / d / "run" / "metrics.jsonl")
                if r["kind"] == "train"] for d in "ab"]
@@ -87,9 +88,13 @@ def test_in_loop_tasks_reach_metrics_and_leave_training_unchanged(task_arg, tmp_
     assert on["tasks_seconds"] > 0 and off["tasks_seconds"] == 0
     assert (tmp_path / "b" / "run" / "loss.png").stat().st_size > 0
 
-    # the card: the numbers of metrics.jsonl, in report.md
+    # the card, written by the end of training and again by `tinylm report`: the numbers of
+    # metrics.jsonl
+    at_end = (tmp_path / "b" / "run" / "report.md").read_text()
+    assert not (tmp_path / "a" / "run" / "report.md").exists()  # tiny.yaml: log.report false
     assert main(["report", str(tmp_path / "b" / "run")]) == 0
     report = (tmp_path / "b" / "run" / "report.md").read_text()
+    assert report == at_end  # same seed, same samples, same numbers
     last_eval = [r for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl")
                  if r["kind"] == "eval"][-1]
     assert f"| final val bits/byte | {last_eval['val_bits_per_byte']:.4f} (step 10) |" in report

@@ -59,11 +59,11 @@ def _task_tables(records: list[dict]) -> list[str]:
     return out + ["", f"In-loop task time: {in_loop:.1f} s in all."]
 
 
-def _samples(run_dir: Path, max_new_tokens: int, seed: int) -> list[str]:
+def _samples(run_dir: Path, max_new_tokens: int, seed: int, device) -> list[str]:
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         return ["No checkpoint to sample from."]
-    model, tokenizer, _ = load_for_inference(ckpt)
+    model, tokenizer, _ = load_for_inference(ckpt, device)
     texts = generate(model, tokenizer, list(PROMPTS), max_new_tokens, temperature=0.8, top_k=50,
                      seed=seed)
     out = [f"From `{ckpt.name}`, temperature 0.8, top-k 50, seed {seed}:", ""]
@@ -72,8 +72,10 @@ def _samples(run_dir: Path, max_new_tokens: int, seed: int) -> list[str]:
     return out
 
 
-def write_report(run_dir: str | Path, max_new_tokens: int = 64, seed: int = 0) -> Path:
-    """Write ``<run_dir>/report.md`` (atomically) and return its path."""
+def write_report(run_dir: str | Path, max_new_tokens: int = 64, seed: int = 0,
+                 device: str | torch.device = "cpu") -> Path:
+    """Write ``<run_dir>/report.md`` (atomically) and return its path; the samples are
+    generated on ``device``."""
     run_dir = Path(run_dir)
     records = _records(run_dir)
     train = [r for r in records if r.get("kind") == "train"]
@@ -93,7 +95,7 @@ def write_report(run_dir: str | Path, max_new_tokens: int = 64, seed: int = 0) -
              f"| final val loss | {evals[-1]['val_loss']:.4f} |" if evals else "| final val loss | none |",
              "", "## Task scores", "", *_task_tables(records), "",
              "## Loss and scores over steps", "", "![loss and task scores](loss.png)", "",
-             "## Sample generations", "", *_samples(run_dir, max_new_tokens, seed), "",
+             "## Sample generations", "", *_samples(run_dir, max_new_tokens, seed, device), "",
              "## Config", "", "```yaml", config.rstrip(), "```", ""]
     path = run_dir / "report.md"
     atomic_write(path, "\n".join(lines))

@@ -117,6 +117,10 @@ class TaskEvaluator:
         self.seconds += record["tasks_s"]
         return record
 
+    def cost_line(self, train_seconds: float) -> str:
+        share = 100 * self.seconds / max(train_seconds, 1e-9)
+        return f"in-loop tasks: {self.seconds:.1f} s, {share:.1f}% of training time"
+
     def headlines(self, record: dict) -> list[tuple[str, str, float]]:
         """(task, metric, value) of each task's headline metric in ``record``."""
         return [(s.name, s.metric, record[f"{s.name}/{s.metric}"]) for s, _ in self.suite]

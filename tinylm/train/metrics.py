@@ -25,6 +25,7 @@ class LogConfig:
     wandb: str = "offline"  # "offline" (default: never needs network), "online", "disabled"
     project: str = "tinylm"
     plot: bool = True  # write loss.png (train and val curves) at the end
+    report: bool = True  # and report.md, the run's reference card (tinylm/eval/report.py)
 
     def __post_init__(self) -> None:
         require("log", self, {"interval": POSITIVE, "wandb": (

@@ -34,6 +34,7 @@ from tinylm.data.prepare import prepare
 from tinylm.distributed.parallel import describe, is_sharded, make_plugin, strategy_line, wrap
 from tinylm.distributed.sync_check import SyncChecker, check_tied_sync
 from tinylm.eval.loss import EvalResult, Evaluator
+from tinylm.eval.report import write_report
 from tinylm.eval.suite import TaskEvaluator
 from tinylm.model.config import GPTConfig
 from tinylm.model.gpt import GPT, materialize
@@ -349,14 +350,15 @@ class Trainer:
         s = self.state
         if self.main and self.cfg.log.plot:
             plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+            if self.cfg.log.report:  # samples from the checkpoint just saved
+                write_report(self.run_dir, device=self.accelerator.device)
         self.accelerator.wait_for_everyone()  # no rank tears its process group down while
         self.accelerator.end_training()  # another is still in one (an abort at exit, seen ~4%)
         if self.lock is not None:
             self.lock.release()
         tok_s = self.tokens_per_step * s.steps_timed / s.train_seconds if s.steps_timed else 0.0
         if self.tasks.active:  # what judging the model in the loop cost
-            share = 100 * self.tasks.seconds / max(s.train_seconds, 1e-9)
-            self.print(f"in-loop tasks: {self.tasks.seconds:.1f} s, {share:.1f}% of training time")
+            self.print(self.tasks.cost_line(s.train_seconds))
         return {
             "step": s.step, "stopped_by": signal.Signals(signum).name if signum else None,
             "num_processes": self.accelerator.num_processes, "tokens_per_s": tok_s,
