@@ -21,6 +21,7 @@ import contextlib
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -117,9 +118,17 @@ class TaskEvaluator:
         self.seconds += record["tasks_s"]
         return record
 
-    def cost_line(self, train_seconds: float) -> str:
-        share = 100 * self.seconds / max(train_seconds, 1e-9)
-        return f"in-loop tasks: {self.seconds:.1f} s, {share:.1f}% of training time"
+    def maybe_run(self, model: torch.nn.Module, step: int, max_steps: int,
+                  log: Callable[[dict], None], final: bool = False) -> None:
+        """Score and ``log`` the record when due (every ``task_interval``; ``final``: always)."""
+        if self.active and (final or self.due(step, max_steps)):
+            log(self.run(model, step))
+
+    def print_cost(self, train_seconds: float, print_line: Callable[[str], None]) -> None:
+        """One line: the seconds the in-loop tasks took and their share of training time."""
+        if self.active:
+            share = 100 * self.seconds / max(train_seconds, 1e-9)
+            print_line(f"in-loop tasks: {self.seconds:.1f} s, {share:.1f}% of training time")
 
     def headlines(self, record: dict) -> list[tuple[str, str, float]]:
         """(task, metric, value) of each task's headline metric in ``record``."""

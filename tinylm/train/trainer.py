@@ -276,8 +276,7 @@ class Trainer:
                         self.logger.log(self._train_record(window.pop(self.accelerator)))
                     if self.evaluator.due(s.step, o.max_steps):
                         last_eval = self._evaluate(final=False)
-                    if self.tasks.due(s.step, o.max_steps):  # downstream tasks (off by default)
-                        self.logger.log(self.tasks.run(self.model, s.step))
+                    self.tasks.maybe_run(self.model, s.step, o.max_steps, self.logger.log)
                     if self.checkpointer.due(s.step, o.max_steps):
                         self._save()
         except BaseException:
@@ -288,8 +287,7 @@ class Trainer:
                        f"checkpoint at step {s.step}")
         else:
             last_eval = self._evaluate(final=True)
-            if self.tasks.active:
-                self.logger.log(self.tasks.run(self.model, s.step))
+            self.tasks.maybe_run(self.model, s.step, o.max_steps, self.logger.log, final=True)
         checkpoint = self._save()
         return self._finish(stop.signum, checkpoint, last_eval)
 
@@ -357,8 +355,7 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
         tok_s = self.tokens_per_step * s.steps_timed / s.train_seconds if s.steps_timed else 0.0
-        if self.tasks.active:  # what judging the model in the loop cost
-            self.print(self.tasks.cost_line(s.train_seconds))
+        self.tasks.print_cost(s.train_seconds, self.print)  # what judging in the loop cost
         return {
             "step": s.step, "stopped_by": signal.Signals(signum).name if signum else None,
             "num_processes": self.accelerator.num_processes, "tokens_per_s": tok_s,
