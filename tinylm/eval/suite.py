@@ -13,6 +13,12 @@ global RNG: a run with tasks on trains exactly as one with them off.
 Extra held-out sets (``eval.extra_sources``, OLMo's perplexity suite): each is tokenized once
 with the run's tokenizer exactly as ``tinylm evaluate --data`` does and scored over its whole
 length; each gets its own ``bpb/<name>`` entry.
+
+Under ``optim.max_time`` the end of the run reserves the last task evaluation's seconds for the
+final one (none before the first). A model torch.compile wraps (``optim.compile`` under DDP)
+is scored through its eager module (``_orig_mod``): task batches change shape every time, and
+each new shape would cost a recompile. Blocks compiled in place (FSDP2) stay compiled; dynamo
+then marks the shapes dynamic after its first recompile.
 """
 
 from __future__ import annotations
@@ -78,7 +84,7 @@ class TaskEvaluator:
                  data_dir: str) -> None:
         self.cfg, self.accelerator, self.block_size = cfg, accelerator, block_size
         self.active = bool(cfg.tasks or cfg.extra_sources)
-        self.seconds, self.suite, self.extra = 0.0, [], []
+        self.seconds, self.last_s, self.suite, self.extra = 0.0, 0.0, [], []
         if not self.active:
             return
         self.tokenizer = Tokenizer.load(tokenizer_path)
@@ -103,6 +109,7 @@ class TaskEvaluator:
         """One record for metrics.jsonl: ``<task>/<metric>`` for every metric, ``bpb/<name>``
         for every extra set, and the seconds it took (``tasks_s``)."""
         t0 = time.perf_counter()
+        model = getattr(model, "_orig_mod", model)  # compiled: eager, no recompile per batch shape
         record: dict = {"kind": "tasks", "step": step}
         if self.suite:
             results = score_tasks(model, self.tokenizer, self.suite, max_len=self.block_size,
@@ -114,7 +121,7 @@ class TaskEvaluator:
             res = evaluate(model, loader, split_bytes=split.bytes, split_tokens=split.tokens,
                            accelerator=self.accelerator)
             record[f"bpb/{name}"] = res.bits_per_byte
-        record["tasks_s"] = time.perf_counter() - t0
+        record["tasks_s"] = self.last_s = time.perf_counter() - t0  # a time budget reserves it
         self.seconds += record["tasks_s"]
         return record
 

@@ -248,7 +248,7 @@ class Trainer:
                     b, used_here = self.budget, self.budget.used()
                     stop_any, used, needed = self._agree(  # one all-reduce for all three
                         float(stop.signum is not None), used_here,
-                        used_here + b.reserve(len(self.evaluator.loader)))
+                        used_here + b.reserve(len(self.evaluator.loader)) + self.tasks.last_s)
                     if stop_any:  # before drawing data, so a resume loses no batch
                         stop.signum = stop.signum or signal.SIGTERM
                         break
