@@ -108,3 +108,36 @@ def test_local_task_yaml_refuses_unknown_tasks_and_missing_files(tmp_path, task_
         local_task_yaml("nosuch", task_files["piqa"], tmp_path)
     with pytest.raises(TaskError, match="missing.jsonl"):
         local_task_yaml("piqa", tmp_path / "missing.jsonl", tmp_path)
+
+
+def test_few_shot_prompts_are_lm_evals_shot_for_shot(tiny_run, task_files, tmp_path):
+    """lm-eval draws its shots with its own sequential RNG, so which shots an item gets differs
+    from tinylm's per-item seed; how a prompt is written must not. For each item lm-eval
+    scored with 2 shots, rebuild the prompt with tinylm's builder from the same rows: the text
+    is identical, and so are the scores (left-truncated: the contexts pass block_size 32)."""
+    from tinylm.eval.tasks import _shot_text, build_item, load_rows
+
+    ckpt = tiny_run / "checkpoints" / "step-10"
+    model, tok, _ = load_for_inference(ckpt)
+    files = dict(task_files)  # all five formats
+    out = evaluate_lm(TinyLM(model, tok), [f"{t}={f}" for t, f in files.items()],
+                      work_dir=tmp_path / "y", num_fewshot=2, log_samples=True)
+    compared = 0
+    for task, path in files.items():
+        spec = parse_task(f"{task}={path}")
+        rows = load_rows(spec, spec.split)
+        rendered = {_shot_text(rows[j], spec): j for j in range(len(rows))}
+        for sample in out["samples"][f"tinylm_local_{task}"]:
+            context = sample["arguments"][0][0]
+            *shots, _ = context.split("\n\n")
+            assert len(shots) == 2 and all(s in rendered for s in shots), (task, context)
+            i = sample["doc_id"]
+            item = build_item(rows[i], spec, i, [rows[rendered[s]] for s in shots])
+            assert [list(a) for a in sample["arguments"]] == \
+                [[c, k] for c, k in zip(item.contexts, item.continuations)]
+            (res,) = score_tasks(model, tok, [(spec, [item])], max_len=model.config.block_size)
+            for metric in ("acc", "acc_norm"):
+                if metric in sample:
+                    assert res.per_item[0][metric] == sample[metric], (task, i, metric)
+            compared += 1
+    assert compared == 100

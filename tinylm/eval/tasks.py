@@ -22,7 +22,8 @@ the same shots for an item whatever the process count or ``limit``, and no draw 
 global RNG (training's stays untouched). Shots come from the spec's ``fewshot_split`` (Hub) or,
 for a local file, from the same file without the item itself. Each shot is written as its
 context, the delimiter and its gold continuation, joined with ``"\\n\\n"`` (lm-eval's
-``fewshot_delimiter``).
+``fewshot_delimiter``): the prompts are lm-eval's, shot for shot (tested), though lm-eval's
+sequential sampler picks other shots.
 """
 
 from __future__ import annotations
@@ -121,9 +122,12 @@ def build_item(row: dict, spec: TaskSpec, index: int, shots: list[dict]) -> Item
 
 
 def _shot_text(row: dict, spec: TaskSpec) -> str:
-    """A solved example: its context, the delimiter and its gold continuation."""
+    """A solved example: its context, the delimiter and its gold continuation. A cloze target
+    carries its own leading space and lm-eval still adds its " " delimiter in a shot, so a
+    LAMBADA shot has two spaces before its last word: kept, to write lm-eval's prompts."""
     item = build_item(row, spec, -1, [])
-    return item.contexts[item.gold] + item.continuations[item.gold]
+    gap = " " if spec.format == "cloze" else ""
+    return item.contexts[item.gold] + gap + item.continuations[item.gold]
 
 
 BUILDERS = {"hellaswag": _hellaswag, "arc": _arc, "piqa": _piqa, "winogrande": _winogrande,
