@@ -20,7 +20,7 @@ TINYLM = Path(sys.executable).parent / "tinylm"  # the console script pip instal
 def test_every_subcommand_is_there():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"train", "prepare", "tokenizer", "evaluate", "generate", "student",
-                                  "convert", "pack", "verify"}
+                                  "convert", "pack", "verify", "report"}
 
 
 def test_errors_map_to_one_line_and_an_exit_status(capsys):

@@ -3,12 +3,13 @@
     tinylm train [CONFIG|PRESET] [key=value ...]      (also: accelerate launch scripts/train.py)
     tinylm prepare [CONFIG|PRESET] [data.key=value ...]
     tinylm tokenizer [CONFIG|PRESET] [data.key=value ...] [--out tokenizer.json]
-    tinylm evaluate CKPT [CKPT ...] [--data SOURCE] [--json OUT]
+    tinylm evaluate CKPT [CKPT ...] [--data SOURCE] [--json OUT] [--tasks T,.. | --harness T,..]
     tinylm generate CKPT --prompt TEXT [...]
     tinylm student TEACHER --layers every:2 --out DIR [--n-embd N]
     tinylm convert to-hf CKPT OUT | from-hf HF_DIR OUT
     tinylm pack CKPT OUT [--bits 8|6]                 (tinylm evaluate OUT scores the file)
     tinylm verify CKPT|RUN_DIR [...]                  every file against its manifest
+    tinylm report RUN_DIR                             (report.md: the run's reference card)
 
 Every subcommand parses the same way (argparse, a usage error is one line and exit 2) and
 every error goes through one map (:data:`ERRORS`): bad input is one ``error: ...`` line and
@@ -30,7 +31,7 @@ import sys
 COMMANDS = {
     "train": "train", "prepare": "data", "tokenizer": "data", "evaluate": "evaluate",
     "generate": "generate", "student": "student", "convert": "convert", "pack": "pack",
-    "verify": "verify",
+    "verify": "verify", "report": "report",
 }
 
 

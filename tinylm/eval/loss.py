@@ -29,8 +29,9 @@ import contextlib
 import json
 import math
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import torch
@@ -50,11 +51,20 @@ from tinylm.data.tokenizer import Tokenizer
 class EvalConfig:
     interval: int = 200  # optimizer steps between evals (0 = only at the end)
     max_batches: int = 20  # cap for periodic evals (0 = whole val split); the final eval covers all
-    batch_size: int = 16  # sequences per process per eval batch
+    batch_size: int = 16  # sequences per process per eval batch (and task requests per forward)
+    # Downstream tasks in the loop (tinylm/eval/suite.py): off by default, so a run costs and
+    # trains exactly as before. Names or name=FILE, as `tinylm evaluate --tasks`.
+    tasks: List[str] = field(default_factory=list)
+    task_interval: int = 0  # optimizer steps between task evals (0 = only at the end)
+    task_limit: int = 200  # examples per task, fixed by task_seed: stderr ~0.03, seconds not minutes
+    task_fewshot: int = 0  # shots per item (lm-eval's default for the six shipped tasks is 0)
+    task_seed: int = 1234  # which examples and which shots (lm-eval's fewshot seed)
+    extra_sources: List[str] = field(default_factory=list)  # more held-out sets: bpb/<name> each
 
     def __post_init__(self) -> None:
         require("eval", self, {"interval": NON_NEGATIVE, "max_batches": NON_NEGATIVE,
-                               "batch_size": POSITIVE})
+                               "batch_size": POSITIVE, "task_interval": NON_NEGATIVE,
+                               "task_limit": POSITIVE, "task_fewshot": (lambda v: v >= 0, ">= 0")})
 
 
 @dataclass

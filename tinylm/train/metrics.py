@@ -25,6 +25,7 @@ class LogConfig:
     wandb: str = "offline"  # "offline" (default: never needs network), "online", "disabled"
     project: str = "tinylm"
     plot: bool = True  # write loss.png (train and val curves) at the end
+    report: bool = True  # and report.md, the run's reference card (tinylm/eval/report.py)
 
     def __post_init__(self) -> None:
         require("log", self, {"interval": POSITIVE, "wandb": (
@@ -50,6 +51,24 @@ def eval_line(step: int, loss: float, bits_per_byte: float, tokens: int) -> str:
     ppl = math.exp(min(loss, 700.0))
     return (f"eval @ step {step}: val loss {loss:.4f} | ppl {ppl:.2f} | "
             f"{bits_per_byte:.4f} bits/byte | {tokens} tokens")
+
+
+def tasks_line(record: dict) -> str:
+    """Downstream scores: every ``task/metric`` and ``bpb/<set>`` of a "tasks" record."""
+    scores = " | ".join(f"{k} {v:.4f}" for k, v in record.items()
+                        if "/" in k and not k.endswith("/items"))
+    return f"tasks @ step {record['step']}: {scores} | {record['tasks_s']:.1f} s"
+
+
+def score_series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """``task/metric`` (and ``bpb/<set>``) -> [(step, value)] from the "tasks" records."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        if r.get("kind") == "tasks":
+            for k, v in r.items():
+                if "/" in k and not k.endswith("/items"):
+                    series.setdefault(k, []).append((r["step"], v))
+    return series
 
 
 class MetricsFile:
@@ -83,7 +102,8 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_losses(metrics_path: str | Path, out_png: str | Path) -> Path | None:
-    """Train and val loss against step, from metrics.jsonl; None if there is nothing to plot."""
+    """Train and val loss against step, from metrics.jsonl, and a second panel of the task
+    scores when the run had in-loop tasks; None if there is nothing to plot."""
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "eval"]
@@ -94,7 +114,11 @@ def plot_losses(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     matplotlib.use("Agg")  # files only: no display on servers
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    series = score_series(records)
+    fig, axes = plt.subplots(1, 2 if series else 1, figsize=(12 if series else 7, 4), squeeze=False)
+    ax = axes[0][0]
+    if series:
+        _plot_scores(axes[0][1], series)
     if train:
         ax.plot(*zip(*train), label="train", linewidth=1)
     if val:
@@ -109,6 +133,25 @@ def plot_losses(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     plt.close(fig)
     atomic_write(out_png, png.getvalue())
     return Path(out_png)
+
+
+def _plot_scores(ax, series: dict[str, list[tuple[int, float]]]) -> None:
+    """Task accuracies (left axis); bits per byte of extra sets would share no scale with them,
+    so they are drawn dashed on a right axis."""
+    bpb = {k: v for k, v in series.items() if k.startswith("bpb/")}
+    for k, v in series.items():
+        if k not in bpb and (k.endswith("/acc") or k.endswith("/acc_norm")):
+            ax.plot(*zip(*v), "o-", label=k, linewidth=1.2, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("task score")
+    ax.grid(alpha=0.3)
+    if bpb:
+        right = ax.twinx()
+        for k, v in bpb.items():
+            right.plot(*zip(*v), "s--", label=k, linewidth=1, markersize=3)
+        right.set_ylabel("bits per byte")
+        right.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left")
 
 
 class RunLogger:
@@ -139,7 +182,9 @@ class RunLogger:
 
     def log(self, record: dict) -> None:
         step = record["step"]
-        if record["kind"] == "eval":
+        if record["kind"] == "tasks":
+            self.print(tasks_line(record))
+        elif record["kind"] == "eval":
             self.print(eval_line(step, record["val_loss"], record["val_bits_per_byte"],
                                  record["val_tokens"]))
         else:

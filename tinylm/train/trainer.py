@@ -36,6 +36,8 @@ from tinylm.distributed.parallel import (describe, is_sharded, make_plugin, stra
                                          wrap)
 from tinylm.distributed.sync_check import SyncChecker, check_tied_sync
 from tinylm.eval.loss import EvalResult, Evaluator
+from tinylm.eval.report import write_report
+from tinylm.eval.suite import TaskEvaluator
 from tinylm.model.config import GPTConfig
 from tinylm.model.gpt import GPT, materialize
 from tinylm.train.budget import TimeBudget
@@ -150,6 +152,7 @@ class Trainer:
         eval_loader = acc.prepare(DataLoader(EvalBlocks(self.data.val_path, T, dtype=self.data.dtype),
                                              batch_size=cfg.eval.batch_size, shuffle=False))
         self.evaluator = Evaluator(eval_loader, cfg.eval, self.meta, acc)
+        self.tasks = TaskEvaluator(cfg.eval, self.data.tokenizer_path, acc, T, cfg.data.dir)
         return model_cfg
 
     def _claim_run_dir(self) -> RunDirLock | None:
@@ -256,7 +259,7 @@ class Trainer:
                     b, used_here = self.budget, self.budget.used()
                     stop_any, used, needed = self._agree(  # one all-reduce for all three
                         float(stop.signum is not None), used_here,
-                        used_here + b.reserve(len(self.evaluator.loader)))
+                        used_here + b.reserve(len(self.evaluator.loader)) + self.tasks.last_s)
                     if stop_any:  # before drawing data, so a resume loses no batch
                         stop.signum = stop.signum or signal.SIGTERM
                         break
@@ -285,6 +288,7 @@ class Trainer:
                         self.logger.log(self._train_record(window.pop(self.accelerator)))
                     if self.evaluator.due(s.step, o.max_steps):
                         last_eval = self._evaluate(final=False)
+                    self.tasks.maybe_run(self.model, s.step, o.max_steps, self.logger.log)
                     if self.checkpointer.due(s.step, o.max_steps, used):
                         self.checkpointer.saved_at_s = used
                         self._save()
@@ -296,6 +300,7 @@ class Trainer:
                        f"checkpoint at step {s.step}")
         else:
             last_eval = self._evaluate(final=True)
+            self.tasks.maybe_run(self.model, s.step, o.max_steps, self.logger.log, final=True)
         checkpoint = self._save()
         return self._finish(stop.signum, checkpoint, last_eval)
 
@@ -365,11 +370,14 @@ class Trainer:
         s = self.state
         if self.main and self.cfg.log.plot:
             plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+            if self.cfg.log.report:  # samples from the checkpoint just saved
+                write_report(self.run_dir, device=self.accelerator.device)
         self.accelerator.wait_for_everyone()  # no rank tears its process group down while
         self.accelerator.end_training()  # another is still in one (an abort at exit, seen ~4%)
         if self.lock is not None:
             self.lock.release()
         tok_s = self.tokens_per_step * s.steps_timed / s.train_seconds if s.steps_timed else 0.0
+        self.tasks.print_cost(s.train_seconds, self.print)  # what judging in the loop cost
         return {
             "step": s.step, "stopped_by": signal.Signals(signum).name if signum else None,
             "num_processes": self.accelerator.num_processes, "tokens_per_s": tok_s,
@@ -377,7 +385,7 @@ class Trainer:
             "train_seconds": s.train_seconds, "checkpoint": str(checkpoint),
             "budget_used_s": self.budget.used() if self.budget.seconds else None,
             "val": last_eval.to_dict() if last_eval else None,
-            "params": self.raw_model.num_params(),
+            "params": self.raw_model.num_params(), "tasks_seconds": self.tasks.seconds,
         }
 
 
