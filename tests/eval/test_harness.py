@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import corpus_text
 from taskdata import write_task
-from tinylm.checkpoint.format import load_for_inference
+from tinylm.checkpoint.load import load_for_inference
 from tinylm.convert.hf import export_to_hf, import_from_hf
 from tinylm.data.tokenizer import EOT, Tokenizer
 from tinylm.eval.harness import TinyLM, evaluate_lm, local_task_yaml

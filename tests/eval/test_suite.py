@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 
-
 import pytest
 
 from helpers import REPO, accelerate_2proc, tiny_overrides, world_size, write_corpus

@@ -29,7 +29,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.tasks import TaskManager
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from tinylm.checkpoint.format import load_for_inference
+from tinylm.checkpoint.load import load_for_inference
 from tinylm.data.tokenizer import Tokenizer
 from tinylm.eval.scoring import loglikelihoods
 from tinylm.eval.tasks import LOCAL_SUFFIXES, TaskError

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from tinylm.checkpoint.format import CheckpointError, latest_checkpoint, load_for_inference
+from tinylm.checkpoint.format import CheckpointError, latest_checkpoint
+from tinylm.checkpoint.load import load_for_inference
 from tinylm.common.atomic import atomic_write
 from tinylm.infer.generate import generate
 

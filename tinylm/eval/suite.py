@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from tinylm.checkpoint.format import load_for_inference
+from tinylm.checkpoint.load import load_for_inference
 from tinylm.data.batches import EvalBlocks
 from tinylm.data.tokenizer import Tokenizer
 from tinylm.eval.loss import _tokenize_source, evaluate
