@@ -15,7 +15,13 @@ unique parameters, so the same bytes:
   spend the same bytes;
 - ``repeat2``: MobileLLM's immediate block-wise sharing, 5 blocks each run twice, wider too;
 - ``baseline_qat``: the baseline trained through int6 round trips for its last 15%
-  (``optim.qat_from=0.85``), as the golf records do.
+  (``optim.qat_from=0.85``), as the golf records do;
+- ``wide_int6``: the baseline widened to 4/3 of its parameters, so that at int6 it spends the
+  bytes the baseline spends at int8: int8 against int6 at equal bytes.
+
+``--steps N`` trains every variant for N steps instead of the wall budget: the same tokens,
+so a looped model's extra compute is paid in time instead of in tokens (what sharing buys at
+a fixed size, apart from what it costs at a fixed time).
 
 A looped model pays compute per token: in a fixed time it sees fewer tokens, so what it wins
 at a fixed size it may lose at a fixed time; the table shows both (tokens/s, steps). The
@@ -34,6 +40,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +53,7 @@ VARIANTS = {  # name -> (what it is, overrides; n_embd "fit" = the width that ma
     "repeat2": ("5 blocks, each twice (repeat:2)",
                 {"model.n_layer": 10, "model.layer_map": "repeat:2", "model.n_embd": "fit"}),
     "baseline_qat": ("the baseline, QAT int6 from 85%", {"optim.qat_from": 0.85}),
+    "wide_int6": ("the baseline widened to spend int8's bytes at int6", {"model.n_embd": "fit4/3"}),
 }
 
 
@@ -85,14 +93,16 @@ def fit_width(overrides: dict, target: int) -> int:
     return min(widths, key=lambda w: abs(unique_params(replace(base, n_embd=w)) - target))
 
 
-def train(text: str, name: str, overrides: dict, work: Path, budget: float) -> dict:
+def train(text: str, name: str, overrides: dict, work: Path, budget: float, steps: int = 0) -> dict:
     run_dir = work / name
-    args = [f"data.source={text}", f"data.dir={work / 'data'}", f"run_dir={run_dir}",
-            f"optim.max_time={budget}", "log.interval=10", *[f"{k}={v}" for k, v in overrides.items()]]
+    limit = [f"optim.max_time={budget}"] if not steps else ["optim.max_time=0", f"optim.max_steps={steps}"]
+    args = [f"data.source={text}", f"data.dir={work / 'data'}", f"run_dir={run_dir}", *limit,
+            "log.interval=10", *[f"{k}={v}" for k, v in overrides.items()]]
     env = dict(os.environ, HF_HOME=str(work / "hf"), PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
     t0 = time.time()
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), PRESET, *args],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=budget * 4 + 300)
+                          capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=(budget if not steps else steps) * 4 + 300)
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name}: training failed:\n{proc.stderr[-3000:]}")
@@ -122,7 +132,7 @@ def prepare(text: str, work: Path) -> None:
                    timeout=600)
 
 
-def bench_text(text: str, names: list[str], budget: float) -> list[str]:
+def bench_text(text: str, names: list[str], budget: float, steps: int = 0) -> list[str]:
     work = Path(tempfile.mkdtemp(prefix="golf-"))
     prepare(text, work)
     target = unique_params(model_config({}))
@@ -130,10 +140,12 @@ def bench_text(text: str, names: list[str], budget: float) -> list[str]:
     for name in names:
         what, overrides = VARIANTS[name]
         overrides = dict(overrides)
-        if overrides.get("model.n_embd") == "fit":
-            overrides["model.n_embd"] = fit_width(overrides, target)
+        fit = overrides.get("model.n_embd")
+        if isinstance(fit, str) and fit.startswith("fit"):  # "fit" or "fit<ratio>" of the bytes
+            scale = Fraction(fit[3:] or 1)
+            overrides["model.n_embd"] = fit_width(overrides, int(target * scale))
         cfg = model_config(overrides)
-        r = train(text, name, overrides, work, budget)
+        r = train(text, name, overrides, work, budget, steps)
         (b8, q8), (b6, q6) = packed(r["run"], work, name, 8), packed(r["run"], work, name, 6)
         rows.append(f"| {name}: {what} | {cfg.n_embd} | {unique_params(cfg) / 1e6:.3f}M | "
                     f"{cfg.n_layer} | {r['steps']} | {r['tok_s']:,.0f} | {r['wall']:.0f} | "
@@ -150,15 +162,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("texts", nargs="+", help="text files (Tiny Shakespeare, another of your choosing)")
     p.add_argument("--budget", type=float, default=90, help="seconds of wall time per variant")
+    p.add_argument("--steps", type=int, default=0, help="N steps per variant instead of the budget")
     p.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     args = p.parse_args()
-    print(f"{cpu_name()}; preset {PRESET}, {args.budget:.0f} s per variant, scored after the "
-          "round trip (search clip)")
+    limit = f"{args.steps} steps" if args.steps else f"{args.budget:.0f} s"
+    print(f"{cpu_name()}; preset {PRESET}, {limit} per variant, scored after the round trip "
+          "(search clip)")
     for text in args.texts:
         print(f"\n{text} ({Path(text).stat().st_size:,} bytes)\n")
         print("| variant | width | unique params | depth | steps | tokens/s | wall s | bpb fp32 | "
               "int8 bytes | int8 bpb | int6 bytes | int6 bpb |\n" + "|---" * 12 + "|", flush=True)
-        bench_text(text, args.only, args.budget)
+        bench_text(text, args.only, args.budget, args.steps)
 
 
 if __name__ == "__main__":

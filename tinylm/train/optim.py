@@ -49,6 +49,10 @@ class OptimConfig:
     qat_from: float = 0.0  # QAT: from this fraction of the run on, blocks see their matrices
     # quantized to qat_bits (0 = off; the golf records use ~0.85: the last steps learn to survive packing)
     qat_bits: int = 6  # what tinylm pack --bits will store
+    skip_spikes: bool = False  # skip an update whose loss or grad norm spikes (train/spikes.py)
+    spike_window: int = 128  # steps the mean and std are taken over (OLMo-core's default)
+    spike_sigma: float = 6.0  # a spike: more than this many std above the window's mean
+    spike_max_skips: int = 8  # more skips than this in a row: the run stops, naming a checkpoint
 
     def __post_init__(self) -> None:
         if self.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false: mean "no"
@@ -72,7 +76,9 @@ class OptimConfig:
             "muon_momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
             "muon_weight_decay": (lambda v: v >= 0, ">= 0"),
             "qat_from": (lambda v: 0 <= v < 1, "0 (off) or a fraction of the run in (0, 1)"),
-            "qat_bits": (lambda v: v in (6, 8), "6 or 8 (what tinylm pack stores)")})
+            "qat_bits": (lambda v: v in (6, 8), "6 or 8 (what tinylm pack stores)"),
+            "spike_window": POSITIVE, "spike_max_skips": NON_NEGATIVE,
+            "spike_sigma": (lambda v: v > 0, "> 0 standard deviations")})
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig,

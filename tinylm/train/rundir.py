@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from accelerate.utils import broadcast_object_list
+
 
 class RunDirError(RuntimeError):
     """The run directory is unusable: not writable, or in use by another run."""
@@ -86,3 +88,22 @@ def launch_time() -> float:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, StopIteration, ValueError, IndexError):
         return time.time()
+
+
+def claim_run_dir(run_dir: Path, accelerator) -> RunDirLock | None:
+    """The main process checks ``run_dir`` is writable and locks it (the others get None); a
+    failure there is the same one-line RunDirError on every process, the process group
+    released first."""
+    lock, error = None, [None]
+    if accelerator.is_main_process:
+        try:
+            require_writable(run_dir, "run_dir")
+            lock = RunDirLock(run_dir)
+        except RunDirError as e:
+            error = [str(e)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(error)
+    if error[0]:
+        accelerator.end_training()
+        raise RunDirError(error[0])
+    return lock

@@ -34,6 +34,7 @@ class TrainState:
     data: dict = field(default_factory=dict)  # TrainBatches position
     tracker_run_id: str | None = None  # the wandb run a resume continues
     budget_used_s: float = 0.0  # of optim.max_time, by the launches before this checkpoint
+    spikes: dict = field(default_factory=dict)  # the spike guard's window (optim.skip_spikes)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -44,6 +45,7 @@ class TrainState:
         self.tokens = state.get("tokens", self.step * tokens_per_step)
         self.tracker_run_id = state.get("tracker_run_id", state.get("wandb_run_id"))
         self.budget_used_s = state.get("budget_used_s", 0.0)
+        self.spikes = state.get("spikes", {})
 
 
 class StopSignal:

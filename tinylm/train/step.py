@@ -143,10 +143,12 @@ def train_step(model: torch.nn.Module,
                batches: Iterator[tuple[torch.Tensor, torch.Tensor]], runtime, cfg: OptimConfig,
                step: int, *, teacher: torch.nn.Module | None = None,
                distill: DistillConfig | None = None,
-               before_update: Callable[[StepStats], None] | None = None,
+               before_update: Callable[[StepStats], bool | None] | None = None,
                progress: float | None = None) -> StepStats:
     """Run optimizer step ``step`` (0-based; it sets the learning rate, with ``progress`` the
-    fraction of a time budget used, see ``lr_at``) on ``model``."""
+    fraction of a time budget used, see ``lr_at``) on ``model``. ``before_update`` sees the
+    step's stats with the gradients all-reduced; when it returns True the update is skipped
+    (the gradients are dropped: a spike, see train/spikes.py)."""
     loss_sum = torch.zeros((), device=runtime.device)
     kl_sum = torch.zeros((), device=runtime.device) if teacher is not None else None
     for _ in range(cfg.grad_accum):
@@ -168,11 +170,11 @@ def train_step(model: torch.nn.Module,
         grad_norm = grad_norm.full_tensor()
     stats = StepStats(loss_sum / cfg.grad_accum, grad_norm, lr_at(step, cfg, progress),
                       None if kl_sum is None else kl_sum / cfg.grad_accum)
-    if before_update is not None:
-        before_update(stats)
+    skip = before_update is not None and bool(before_update(stats))
     optimizers = optimizer if isinstance(optimizer, (list, tuple)) else [optimizer]
     set_lr(optimizers, stats.lr, cfg.lr)
     for opt in optimizers:
-        opt.step()
+        if not skip:
+            opt.step()
         opt.zero_grad(set_to_none=True)
     return stats

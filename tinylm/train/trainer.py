@@ -46,7 +46,8 @@ from tinylm.train.distill import load_teacher
 from tinylm.train.hardware import mfu
 from tinylm.train.metrics import RunLogger, plot_losses
 from tinylm.train.optim import build_optimizers
-from tinylm.train.rundir import LauncherWatch, RunDirError, RunDirLock, require_writable
+from tinylm.train.rundir import LauncherWatch, RunDirError, claim_run_dir
+from tinylm.train.spikes import SpikeGuard
 from tinylm.train.state import StopSignal, TrainHooks, TrainState
 from tinylm.train.step import StepStats, StepWindow, TrainingDiverged, choose_precision, train_step
 
@@ -64,7 +65,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.accelerator = acc = self._make_accelerator(cfg)
         self.main = acc.is_main_process
-        self.lock = self._claim_run_dir()  # before anything is written there
+        self.lock = claim_run_dir(self.run_dir, acc)  # before anything is written there
         self.launcher = LauncherWatch()
         try:
             self._build(cfg, clock)
@@ -114,6 +115,8 @@ class Trainer:
         if self.main:
             save_config(self.cfg, self.run_dir / "config.yaml")
         self.sync = SyncChecker(cfg.sync_check.interval, first_step=self.state.step)
+        self.spikes = SpikeGuard(o.spike_window, o.spike_sigma, o.spike_max_skips)
+        self.spikes.load_state_dict(self.state.spikes)  # a resume judges as the run would have
         self.budget = TimeBudget(o.max_time, self.state.budget_used_s, clock)
         self.logger = RunLogger(self.run_dir, acc, cfg.log, config_to_dict(self.cfg), o.max_steps,
                                 self.state.tracker_run_id, resumed_at=self.state.step)
@@ -154,24 +157,6 @@ class Trainer:
         self.evaluator = Evaluator(eval_loader, cfg.eval, self.meta, acc)
         self.tasks = TaskEvaluator(cfg.eval, self.data.tokenizer_path, acc, T, cfg.data.dir)
         return model_cfg
-
-    def _claim_run_dir(self) -> RunDirLock | None:
-        """The main process checks run_dir is writable and locks it; a failure there is the
-        same one-line error on every process."""
-        lock, error = None, [None]
-        if self.main:
-            try:
-                require_writable(self.run_dir, "run_dir")
-                lock = RunDirLock(self.run_dir)
-            except RunDirError as e:
-                error = [str(e)]
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-            broadcast_object_list(error)
-        if error[0]:
-            self.accelerator.end_training()
-            raise RunDirError(error[0])
-        return lock
 
     @staticmethod
     def _make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -225,8 +210,9 @@ class Trainer:
         return t.tolist()
 
     # -- checks before every update -------------------------------------------------------------
-    def _before_update(self, stats: StepStats) -> None:
-        """Runs after the gradients are all-reduced and before AdamW applies them."""
+    def _before_update(self, stats: StepStats) -> bool:
+        """Runs after the gradients are all-reduced and before AdamW applies them; True skips
+        the update (a spike, ``optim.skip_spikes``)."""
         step = self.state.step
         if self.hooks.after_backward:
             self.hooks.after_backward(self.model, step)
@@ -241,6 +227,10 @@ class Trainer:
             summary = check_tied_sync(self.model, self.accelerator)
             self.print(f"sync check @ step {step}: {summary} "
                        f"({(time.perf_counter() - t0) * 1e3:.1f} ms)")
+        if not self.cfg.optim.skip_spikes:
+            return False
+        loss = self.accelerator.reduce(stats.loss.detach().float(), "mean").item()  # alike everywhere
+        return self.spikes.check(loss, stats.grad_norm.item(), step, self.print, self.checkpointer.latest())
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -321,7 +311,8 @@ class Trainer:
         if self.budget.seconds:  # the budget ends first, or the step cap
             eta = min(eta, max(self.budget.seconds - self.budget.used(), 0.0))
         record = {"kind": "train", "step": s.step, "tokens": s.tokens, **means,
-                  "tokens_per_s": tok_s, "eta_s": eta}
+                  "tokens_per_s": tok_s, "eta_s": eta,
+                  **({"skipped_updates": self.spikes.skipped} if o.skip_spikes else {})}
         if torch.cuda.is_available():  # model FLOPs: a CPU has no meaningful peak, so no MFU there
             record["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             per_process = tok_s / self.accelerator.num_processes
@@ -352,7 +343,7 @@ class Trainer:
                 f"weights are not finite at step {self.state.step} "
                 f"({(bad[0] + (' ...' if len(bad) > 1 else '')) if bad else 'on another process'}); "
                 f"not saved. Last good checkpoint: {self.checkpointer.latest() or 'none'}")
-        self.state.data = self.batches.state_dict()
+        self.state.data, self.state.spikes = self.batches.state_dict(), self.spikes.state_dict()
         if self.budget.seconds:
             self.state.budget_used_s = self.budget.used()
         t0 = self.budget.clock()  # the budget's own clock (a test's fake one)
