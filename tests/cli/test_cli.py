@@ -64,3 +64,16 @@ def test_console_script_runs_a_preset_by_name_from_another_directory(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "step-3" / "model.safetensors").is_file()
     assert len(list((tmp_path / "data").glob("*/meta.json"))) == 1  # train reused the prepare
+
+
+def test_building_the_parser_imports_no_torch_and_packs_choices_match_the_quantizer():
+    import subprocess
+    import sys
+
+    from tinylm.cli import pack
+    from tinylm.model import quant
+
+    assert (pack.BITS, pack.CLIPS) == (quant.BITS, quant.CLIPS)
+    code = "import sys; from tinylm.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

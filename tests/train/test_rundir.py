@@ -91,3 +91,38 @@ def test_ranks_stop_when_their_launcher_is_killed(tmp_path):
                             *args], capture_output=True, text=True, env=env(tmp_path), cwd=REPO,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_ranks_stop_when_their_launcher_dies_right_after_starting_them(tmp_path):
+    """A launcher killed within moments of spawning its ranks: before, they were still alive
+    after 400 s and trained the run alone (they noted their parent only when the trainer
+    started). Now the kernel signals them when it dies (PR_SET_PDEATHSIG, set before torch is
+    imported), or they find themselves re-parented and stop: all gone within seconds."""
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    args = tiny_overrides(tmp_path, corpus, **{"optim.max_steps": 100000, "eval.interval": 0})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
+           "--main_process_port", str(free_port()), str(REPO / "scripts" / "train.py"),
+           "configs/tiny.yaml", *args]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env(tmp_path), cwd=REPO, start_new_session=True)
+    ranks: set[int] = set()
+    try:
+        deadline = time.time() + 120
+        while len(ranks) < 2 and time.time() < deadline:  # the moment both ranks exist
+            ranks = _pids_of(str(tmp_path / "run")) - {launcher.pid}
+            time.sleep(0.02)
+        assert len(ranks) >= 2, "the launcher never started 2 ranks"
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.time() + 30
+        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in ranks):
+            time.sleep(0.2)
+        alive = [p for p in ranks if Path(f"/proc/{p}").exists()]
+    finally:
+        for p in ranks:  # never leave orphans behind
+            if Path(f"/proc/{p}").exists():
+                os.kill(p, signal.SIGKILL)
+    assert not alive, "ranks outlived their launcher"
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+        (tmp_path / "run" / "checkpoints").iterdir())  # nothing trained on alone

@@ -15,9 +15,11 @@ import argparse
 from pathlib import Path
 
 
-def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
-    from tinylm.model.quant import BITS, CLIPS  # (numpy and torch only: cheap enough here)
+BITS, CLIPS = (8, 6), ("search", "std", "absmax")  # tinylm.model.quant's (not imported here:
+# building the parser must not import torch; tests/cli/test_cli.py checks they agree)
 
+
+def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint dir, or a run dir (its latest)")
     p.add_argument("out", type=Path, metavar="OUT")
     p.add_argument("--bits", type=int, choices=BITS, default=8, help="bits per weight of the blocks")

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tinylm.train.rundir import bind_to_launcher  # first: before the seconds torch takes
+
+    bind_to_launcher()
     from tinylm.train.config import load_config
     from tinylm.train.trainer import train
 

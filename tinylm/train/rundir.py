@@ -18,9 +18,9 @@ import fcntl
 import os
 import tempfile
 import time
+import signal
+import sys
 from pathlib import Path
-
-from accelerate.utils import broadcast_object_list
 
 
 class RunDirError(RuntimeError):
@@ -69,10 +69,31 @@ class LauncherWatch:
     def __init__(self) -> None:
         # LOCAL_RANK: set by torch elastic for every rank it starts; a plain `python train.py`
         # (maybe under nohup, whose shell may exit) is nobody's rank and is never stopped.
-        self.parent = os.getppid() if "LOCAL_RANK" in os.environ else None
+        self.parent = (_LAUNCHER[0] or os.getppid()) if "LOCAL_RANK" in os.environ else None
 
     def launcher_gone(self) -> bool:
         return self.parent is not None and os.getppid() != self.parent
+
+
+_LAUNCHER: list[int | None] = [None]  # the launcher's pid, as bind_to_launcher saw it
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def bind_to_launcher() -> None:
+    """A rank started by a launcher dies with it, however early: the kernel sends it SIGTERM
+    when its parent exits (``PR_SET_PDEATHSIG``), set here, the first thing ``tinylm train``
+    does, before torch is imported. A launcher that died even sooner left this rank
+    re-parented to init: RunDirError at once. (Later, LauncherWatch also stops a rank whose
+    parent changed, at the next step.)"""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return  # nobody's rank (python train.py, nohup): never stopped for its parent's exit
+    import ctypes  # (Linux only)
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _LAUNCHER[0] = os.getppid()
+    if _LAUNCHER[0] == 1:
+        raise RunDirError("the launcher that started this rank is gone (re-parented to init "
+                          "before training began); this rank stops instead of training alone")
 
 
 def launch_time() -> float:
@@ -102,6 +123,8 @@ def claim_run_dir(run_dir: Path, accelerator) -> RunDirLock | None:
         except RunDirError as e:
             error = [str(e)]
     if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list  # (here: bind_to_launcher runs first)
+
         broadcast_object_list(error)
     if error[0]:
         accelerator.end_training()
