@@ -48,6 +48,16 @@ def _pids_of(marker: str) -> set[int]:
     return pids
 
 
+def kill_launcher_and_wait(launcher: subprocess.Popen, ranks: set[int], seconds: float) -> list[int]:
+    """kill -9 the launcher's process group; the ranks still alive after ``seconds``."""
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait(timeout=30)
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in ranks):
+        time.sleep(0.2)
+    return [p for p in ranks if Path(f"/proc/{p}").exists()]
+
+
 @pytest.mark.slow
 def test_ranks_stop_when_their_launcher_is_killed(tmp_path):
     """kill -9 of the launcher's process group leaves torch elastic's ranks running (they are
@@ -71,12 +81,7 @@ def test_ranks_stop_when_their_launcher_is_killed(tmp_path):
         assert world_size("".join(lines)) == 2
         ranks = _pids_of(str(tmp_path / "run")) - {launcher.pid}
         assert len(ranks) >= 2, "".join(lines)[-2000:]
-        os.killpg(launcher.pid, signal.SIGKILL)
-        launcher.wait(timeout=30)
-        deadline = time.time() + 60
-        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in ranks):
-            time.sleep(0.5)
-        alive = [p for p in ranks if Path(f"/proc/{p}").exists()]
+        alive = kill_launcher_and_wait(launcher, ranks, 60)
         for p in alive:  # don't leave orphans behind a failed test
             os.kill(p, signal.SIGKILL)
         assert not alive, "orphaned ranks went on training"
@@ -113,12 +118,7 @@ def test_ranks_stop_when_their_launcher_dies_right_after_starting_them(tmp_path)
             ranks = _pids_of(str(tmp_path / "run")) - {launcher.pid}
             time.sleep(0.02)
         assert len(ranks) >= 2, "the launcher never started 2 ranks"
-        os.killpg(launcher.pid, signal.SIGKILL)
-        launcher.wait(timeout=30)
-        deadline = time.time() + 30
-        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in ranks):
-            time.sleep(0.2)
-        alive = [p for p in ranks if Path(f"/proc/{p}").exists()]
+        alive = kill_launcher_and_wait(launcher, ranks, 30)
     finally:
         for p in ranks:  # never leave orphans behind
             if Path(f"/proc/{p}").exists():
