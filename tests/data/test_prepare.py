@@ -33,7 +33,7 @@ def cfg_for(source: Path | str, tmp_path: Path, **kw) -> DataConfig:
 
 
 def stream(d: PreparedData) -> np.ndarray:
-    return np.concatenate([load_tokens(d.train_path, d.dtype), load_tokens(d.val_path, d.dtype)])
+    return np.concatenate([d.split("train")[:], d.split("val")[:]])
 
 
 # -- config --------------------------------------------------------------------------------
@@ -75,11 +75,13 @@ def test_prepare_text_file_counts_every_byte(text_file: Path, tmp_path: Path, mo
     assert m["train_tokens"] == int(len(ids) * 0.9)  # the val split is the stream's tail
     assert m["val_tokens"] == len(ids) - m["train_tokens"]
     assert (m["vocab_size"], m["dtype"], d.dtype) == (400, "uint16", np.uint16)
-    for path, key in ((d.train_path, "train"), (d.val_path, "val")):
-        assert path.stat().st_size == m[f"{key}_tokens"] * 2
-        assert len(tok.decode_bytes(load_tokens(path, d.dtype))) == m[f"{key}_bytes"]
+    for key in ("train", "val"):
+        assert len(d.split(key)) == m[f"{key}_tokens"]
+        assert len(tok.decode_bytes(d.split(key)[:])) == m[f"{key}_bytes"]
+    assert (d.dir / "train-00000.bin").stat().st_size == len(ids) * 2  # one shard; val = its tail
+    assert m["splits"]["val"] == [["train-00000.bin", m["train_tokens"], len(ids)]]
     assert m["source"] == str(text_file) and "excluded" in m["bytes_note"]
-    assert d.tokenizer_path.is_file() and json.loads((d.dir / "meta.json").read_text()) == m
+    assert d.tokenizer_path.is_file() and json.loads((d.dir / "manifest.json").read_text()) == m
     assert not [p for p in d.dir.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -90,7 +92,7 @@ def test_bytes_add_up_when_the_split_cuts_a_character(tmp_path: Path) -> None:
         d = prepare(cfg_for(path, tmp_path, val_fraction=frac), progress=False)
         tok, m = d.tokenizer(), d.meta
         assert m["train_bytes"] + m["val_bytes"] == path.stat().st_size
-        assert len(tok.decode_bytes(load_tokens(d.val_path, d.dtype))) == m["val_bytes"]
+        assert len(tok.decode_bytes(d.split("val")[:])) == m["val_bytes"]
 
 
 def test_crlf_and_bom_are_normalized_before_counting(tmp_path: Path) -> None:
@@ -120,7 +122,8 @@ def test_val_source_is_the_whole_val_split(corpus_dir: Path, text_file: Path,
                                            tmp_path: Path) -> None:
     d = prepare(cfg_for(corpus_dir, tmp_path, val_source=str(text_file)), progress=False)
     tok = d.tokenizer()
-    assert tok.decode_bytes(load_tokens(d.val_path, d.dtype)) == text_file.read_bytes()
+    assert tok.decode_bytes(d.split("val")[:]) == text_file.read_bytes()
+    assert [s for s, _, _ in d.meta["splits"]["val"]] == ["val-00000.bin"]
     assert d.meta["val_bytes"] == text_file.stat().st_size
     assert d.meta["train_bytes"] == sum(p.stat().st_size for p in corpus_dir.rglob("[!.]*.*"))
     assert d.meta["val_fraction"] is None
@@ -174,10 +177,10 @@ def test_empty_corpus_and_too_small_split_are_clear_errors(tmp_path: Path) -> No
 
 def test_val_fraction_zero_gives_an_empty_val_split(text_file: Path, tmp_path: Path) -> None:
     d = prepare(cfg_for(text_file, tmp_path, val_fraction=0.0), progress=False)
-    assert d.meta["val_tokens"] == d.meta["val_bytes"] == 0 and d.val_path.stat().st_size == 0
+    assert d.meta["val_tokens"] == d.meta["val_bytes"] == 0 and len(d.split("val")) == 0
     assert d.meta["train_bytes"] == text_file.stat().st_size
     with pytest.raises(DataError, match="0 tokens is too small for one evaluation block"):
-        EvalBlocks(d.val_path, 8, dtype=d.dtype)
+        EvalBlocks(d.split("val"), 8)
 
 
 def test_non_utf8_source_is_a_data_error(tmp_path: Path) -> None:
@@ -206,7 +209,7 @@ def test_same_config_reuses_changed_config_or_source_reprepares(text_file: Path,
 
 def test_prepare_is_deterministic_and_reuse_rewrites_nothing(text_file: Path,
                                                              tmp_path: Path) -> None:
-    files = ("tokenizer.json", "train.bin", "val.bin", "meta.json")
+    files = ("tokenizer.json", "train-00000.bin", "train-00000.json", "manifest.json")
     a = prepare(cfg_for(text_file, tmp_path / "a"), progress=False)
     b = prepare(cfg_for(text_file, tmp_path / "b"), progress=False)
     assert a.dir.name == b.dir.name  # the name does not depend on where data.dir is
@@ -218,47 +221,67 @@ def test_prepare_is_deterministic_and_reuse_rewrites_nothing(text_file: Path,
     assert {name: (a.dir / name).stat().st_mtime_ns for name in files} == stamps  # untouched
 
 
-def test_incomplete_dir_is_prepared_again(text_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["truncate", "flip a bit"])
+def test_a_damaged_shard_is_refused_in_one_line(text_file: Path, tmp_path: Path,
+                                               damage: str) -> None:
     cfg = cfg_for(text_file, tmp_path)
     d = prepare(cfg, progress=False)
-    with open(d.train_path, "r+b") as f:
-        f.truncate(10)  # e.g. a copy cut short
+    shard = d.dir / "train-00000.bin"
+    with open(shard, "r+b") as f:
+        if damage == "truncate":
+            f.truncate(10)  # e.g. a copy cut short
+        else:
+            f.seek(100)
+            byte = f.read(1)[0]
+            f.seek(100)
+            f.write(bytes([byte ^ 1]))
+    with pytest.raises(DataError, match=r"train-00000.bin: .*(bytes, manifest.json says|sha256)") as e:
+        prepare(cfg, progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_a_deleted_shard_is_redone_alone_and_gives_the_same_store(text_file: Path,
+                                                                  tmp_path: Path) -> None:
+    cfg = cfg_for(text_file, tmp_path, shard_bytes=600)
+    d = prepare(cfg, progress=False)
+    shards = sorted(d.dir.glob("train-*.bin"))
+    assert len(shards) >= 3
+    before = {p.name: p.read_bytes() for p in shards}
+    stamps = {p.name: p.stat().st_mtime_ns for p in shards}
+    shards[1].unlink()
+    (d.dir / "manifest.json").unlink()
     again = prepare(cfg, progress=False)
-    assert again.train_path.stat().st_size == again.meta["train_tokens"] * 2
+    assert again.meta == d.meta
+    assert {p.name: p.read_bytes() for p in shards} == before
+    assert [p.name for p in shards if p.stat().st_mtime_ns != stamps[p.name]] == [shards[1].name]
 
 
-def test_tokenized_rows_are_cached_under_hf_home(text_file: Path, tmp_path: Path, hf_cache: Path,
-                                                 monkeypatch) -> None:
+def test_no_arrow_copy_or_id_cache_is_written(text_file: Path, tmp_path: Path,
+                                              hf_cache: Path) -> None:
+    """Text streams straight into shards: nothing under HF_HOME, and the store holds the
+    shards, their markers, the plan, the tokenizer and the manifest only."""
     d = prepare(cfg_for(text_file, tmp_path), progress=False)
-    cached = list((hf_cache / "datasets" / "tinylm").glob("tokens-*.arrow"))
-    assert len(cached) == 1
-    import datasets
-
-    calls = []
-    real_map = datasets.Dataset.map
-    monkeypatch.setattr(datasets.Dataset, "map",
-                        lambda self, *a, **k: calls.append(k) or real_map(self, *a, **k))
-    (d.dir / "meta.json").unlink()
-    prepare(cfg_for(text_file, tmp_path), progress=False)
-    assert calls and all(k["batched"] for k in calls)
-    assert list((hf_cache / "datasets" / "tinylm").glob("tokens-*.arrow")) == cached  # reused
+    assert not [p for p in hf_cache.rglob("*") if p.is_file()]
+    assert sorted(p.name for p in d.dir.iterdir()) == [
+        "manifest.json", "plan.json", "tokenizer.json", "train-00000.bin", "train-00000.json",
+        "verified.json"]
 
 
 def test_failed_write_leaves_no_partial_files(text_file: Path, tmp_path: Path, monkeypatch) -> None:
     real_replace, count = os.replace, [0]
 
-    def fail_second(src, dst):  # 1st: tokenizer.json; 2nd: the token files
+    def fail_third(src, dst):  # 1st: tokenizer.json; 2nd: plan.json; 3rd: the shard
         count[0] += 1
-        if count[0] == 2:
+        if count[0] == 3:
             raise OSError("disk full")
         real_replace(src, dst)
 
     cfg = cfg_for(text_file, tmp_path)
-    monkeypatch.setattr(os, "replace", fail_second)
+    monkeypatch.setattr(os, "replace", fail_third)
     with pytest.raises(OSError, match="disk full"):
         prepare(cfg, progress=False)
     out = datamod.prepared_dir(cfg)
-    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json"]  # no .bin, no meta, no tmp
+    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "tokenizer.json"]  # no tmp
     monkeypatch.setattr(os, "replace", real_replace)
     assert prepare(cfg, progress=False).meta["train_tokens"] > 0
 

@@ -36,7 +36,7 @@ def tiny_losses(tmp_path: Path, threads: int) -> list[float]:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(corpus_text(80_000, seed=7), encoding="utf-8")
     cfg = load_config("tiny", [f"run_dir={tmp_path / 'run'}", f"data.dir={tmp_path / 'data'}",
-                               f"data.source={corpus}", "data.vocab_size=320", "seed=1337",
+                               f"data.source={corpus}", "data.vocab_size=320", "data.shuffle=randperm", "seed=1337",
                                "optim.mixed_precision=no", "log.interval=1", "log.plot=false",
                                "log.wandb=disabled", f"cpu_threads={threads}"])
     AcceleratorState._reset_state(reset_partial_state=True)

@@ -6,13 +6,22 @@ non-overlapping blocks (:class:`EvalBlocks`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from tinylm.data.corpus import DataError
+from tinylm.data.shuffle import FeistelPermutation
+from tinylm.data.stream import TokenStream
+
+Tokens = Union[str, Path, TokenStream, np.ndarray]  # a token file, or a split of a store
+SHUFFLES = ("feistel", "randperm")
+
+
+def _tokens(tokens: Tokens, dtype) -> TokenStream | np.ndarray:
+    return load_tokens(tokens, dtype) if isinstance(tokens, (str, Path)) else tokens
 
 
 def load_tokens(path: str | Path, dtype=np.uint16) -> np.ndarray:
@@ -33,8 +42,10 @@ class TrainBatches:
     Each epoch draws an offset in [0, block_size) and cuts the stream from there into
     consecutive non-overlapping input blocks of ``block_size`` tokens; block k is read as a
     window of block_size + 1 tokens, x = window[:-1], y = window[1:] (the next block's first
-    token is this block's last target). The blocks are permuted by a generator seeded with
-    (seed, epoch), identically on every process; step s uses permuted blocks
+    token is this block's last target). The blocks are permuted by a bijection seeded with
+    (seed, epoch), identically on every process: a Feistel permutation evaluated per index
+    (``shuffle="feistel"``, O(1) memory at any corpus size), or tinylm 0.2's materialised
+    ``torch.randperm`` (``"randperm"``, which its runs resume with); step s uses permuted blocks
     [s*B*W, (s+1)*B*W) and process r takes the r-th slice of B. Why:
       * every token is a target at most once per epoch, and all but < (B*W+2)*T of them (the
         offset, the tail, the blocks left over after the last whole step) exactly once; random
@@ -43,16 +54,20 @@ class TrainBatches:
       * the position is just (epoch, step): resuming replays nothing and skips nothing, and
         every process gets the same number of steps per epoch (DDP never waits on a straggler);
       * the offset moves the block boundaries between epochs, so no token is always first.
-    Reads go to a memory map; only the B windows of a step are ever in memory.
+    Reads go to memory maps (of one file or of a store's shards, across shard boundaries);
+    only the B windows of a step are ever in memory.
     """
 
-    def __init__(self, path: str | Path, block_size: int, batch_size: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, dtype=np.uint16) -> None:
+    def __init__(self, tokens: Tokens, block_size: int, batch_size: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, dtype=np.uint16,
+                 shuffle: str = "feistel") -> None:
         if not 0 <= rank < world_size:
             raise DataError(f"rank={rank} is outside world_size={world_size}")
-        self.path, self.T, self.B = Path(path), block_size, batch_size
-        self.rank, self.world, self.seed = rank, world_size, seed
-        self.tokens = load_tokens(path, dtype)
+        if shuffle not in SHUFFLES:
+            raise DataError(f"data.shuffle={shuffle!r}: expected one of {SHUFFLES}")
+        self.path, self.T, self.B = tokens, block_size, batch_size
+        self.rank, self.world, self.seed, self.shuffle = rank, world_size, seed, shuffle
+        self.tokens = _tokens(tokens, dtype)
         n, need = len(self.tokens), block_size * (batch_size * world_size + 1)
         if n < need:
             raise DataError(
@@ -60,19 +75,25 @@ class TrainBatches:
                 f"{batch_size} blocks of {block_size} tokens need {need} (with room for the "
                 "random offset); use a bigger corpus or a smaller block_size / batch_size")
         self.epoch, self.step = 0, 0
-        self._plan: Optional[tuple[int, int, torch.Tensor]] = None  # (epoch, offset, order)
+        self._plan: Optional[tuple[int, int, int, Callable]] = None  # epoch, offset, blocks, order
 
-    def _order(self) -> tuple[int, torch.Tensor]:
+    def _order(self) -> tuple[int, int, Callable[[np.ndarray], np.ndarray]]:
+        """(offset, blocks, order) of this epoch: ``order(positions)`` -> block indices."""
         if self._plan is None or self._plan[0] != self.epoch:
             seq = np.random.SeedSequence([abs(int(self.seed)), self.epoch])
             g = torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
             offset = int(torch.randint(0, self.T, (1,), generator=g))
             n_blocks = (len(self.tokens) - 1 - offset) // self.T
-            self._plan = (self.epoch, offset, torch.randperm(n_blocks, generator=g))
-        return self._plan[1], self._plan[2]
+            if self.shuffle == "randperm":
+                perm = torch.randperm(n_blocks, generator=g).numpy()
+                order = perm.__getitem__
+            else:
+                order = FeistelPermutation(n_blocks, int(torch.randint(0, 2**62, (1,), generator=g)))
+            self._plan = (self.epoch, offset, n_blocks, order)
+        return self._plan[1], self._plan[2], self._plan[3]
 
     def steps_per_epoch(self) -> int:
-        return len(self._order()[1]) // (self.B * self.world)
+        return self._order()[1] // (self.B * self.world)
 
     def __iter__(self) -> "TrainBatches":
         return self
@@ -80,16 +101,16 @@ class TrainBatches:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.step >= self.steps_per_epoch():
             self.epoch, self.step = self.epoch + 1, 0
-        offset, order = self._order()
+        offset, _, order = self._order()
         first = (self.step * self.world + self.rank) * self.B
-        starts = offset + order[first:first + self.B].numpy() * self.T
+        starts = offset + order(np.arange(first, first + self.B)) * self.T
         rows = np.stack([self.tokens[s:s + self.T + 1] for s in starts]).astype(np.int64)
         self.step += 1
         return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
     def state_dict(self) -> dict:
         """The same on every process (no rank in it): save it from the main process only."""
-        return {"epoch": self.epoch, "step": self.step, "seed": self.seed,
+        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "shuffle": self.shuffle,
                 "blocks_done": self.step * self.B * self.world, "block_size": self.T,
                 "batch_size": self.B, "world_size": self.world, "tokens": len(self.tokens)}
 
@@ -97,10 +118,13 @@ class TrainBatches:
         """Continue where ``state`` left off. With the same batch size and process count this
         is exact; with others, the epoch's order goes on from the first unread block (rounded
         up to a whole step). The block size and token file must match: they define the order."""
-        for key, mine in (("block_size", self.T), ("tokens", len(self.tokens))):
-            if state[key] != mine:
-                raise DataError(f"data position was saved with {key}={state[key]}, now {mine}: "
-                                "the block order differs, resume is impossible")
+        for key, mine in (("block_size", self.T), ("tokens", len(self.tokens)),
+                          ("shuffle", self.shuffle)):
+            saved = state.get(key, "randperm")  # 0.2 saved no shuffle: it was randperm
+            if saved != mine:
+                hint = f" (set data.shuffle={saved})" if key == "shuffle" else ""
+                raise DataError(f"data position was saved with {key}={saved}, now {mine}: "
+                                f"the block order differs, resume is impossible{hint}")
         self.seed, self.epoch = state["seed"], state["epoch"]
         per_step = self.B * self.world
         self.step = -(-state["blocks_done"] // per_step)  # ceil: never repeat a block
@@ -115,8 +139,8 @@ class EvalBlocks(Dataset):
     processes is the DataLoader's and accelerate's job.
     """
 
-    def __init__(self, path: str | Path, block_size: int, dtype=np.uint16) -> None:
-        self.tokens, self.T = load_tokens(path, dtype), block_size
+    def __init__(self, tokens: Tokens, block_size: int, dtype=np.uint16) -> None:
+        self.tokens, self.T, path = _tokens(tokens, dtype), block_size, tokens
         if len(self.tokens) < block_size + 1:
             raise DataError(f"{path}: {len(self.tokens)} tokens is too small for one evaluation "
                             f"block of {block_size} (+1 target); use a bigger val split or a "

@@ -124,21 +124,29 @@ def build_python_docs(data_dir: str | Path, progress: bool = True) -> Path:
 
 # -- text files ----------------------------------------------------------------------------
 
-def text_file_rows(paths: list[str], stamps: object = None,
-                   chunk_bytes: Optional[int] = None) -> Iterator[dict]:
+def text_file_rows(paths: list[str], stamps: object = None, chunk_bytes: Optional[int] = None,
+                   *, start: int = 0, end: Optional[int] = None,
+                   last: bool = True) -> Iterator[dict]:
     """Stream files as rows of ~``chunk_bytes`` (default CHUNK_BYTES) cut after a line break,
     checking UTF-8 as we go.
 
     ``stamps`` is unused here; ``datasets`` hashes the generator's arguments into its cache
     key, so passing the files' sizes and mtimes (and the row size) makes a change a cache miss.
+    ``start``/``end``/``last`` read one byte range of each file (a unit, see ``units.py``):
+    ``start`` must follow a line break or begin a character, and only a range with ``last``
+    ends its document.
     """
     chunk = chunk_bytes or CHUNK_BYTES
     for path in paths:
         decoder = codecs.getincrementaldecoder("utf-8")()
-        offset, pending, at_start = 0, "", True  # offset: bytes read before this read
+        offset, pending, at_start = start, "", start == 0  # offset: bytes read before this read
+        left = None if end is None else end - start
         with open(path, "rb") as f:
+            f.seek(start)
             while True:
-                raw = f.read(chunk)
+                raw = f.read(chunk if left is None else min(chunk, left))
+                if left is not None:
+                    left -= len(raw)
                 buffered = len(decoder.getstate()[0])  # a split character from the last read
                 try:
                     text = decoder.decode(raw, final=not raw)
@@ -164,7 +172,8 @@ def text_file_rows(paths: list[str], stamps: object = None,
                         pending = pending[cut:]
         # an empty file yields one empty row: no tokens, no end-of-text (and datasets cannot
         # load a generator dataset of zero rows, so an empty corpus stays a clear DataError)
-        yield {"text": normalize_newlines(pending), "doc_end": True}
+        if last or pending:
+            yield {"text": normalize_newlines(pending), "doc_end": last}
 
 
 def _files_under(path: Path) -> list[str]:

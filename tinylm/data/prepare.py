@@ -1,57 +1,61 @@
-"""Data: a source becomes a tokenizer and two flat token files; batches are cut from those.
+"""Data: a source becomes a tokenizer and a sharded token store; batches are cut from that.
 
-``prepare(cfg)`` writes, under ``<cfg.dir>/<source>-v<vocab_size>-<key>/``::
+``prepare(cfg)`` writes, under ``<cfg.dir>/<source>-v<vocab_size>-<key>/``, the store of
+``store.py``: ``tokenizer.json``, ``train-NNNNN.bin`` shards (and ``val-NNNNN.bin`` for a
+``val_source``), a marker per shard, and ``manifest.json`` last. The steps:
 
-    tokenizer.json   byte-level BPE trained on the source (not on a separate val_source)
-    train.bin        token ids, uint16 when the vocab < 65536 else uint32, each document
-                     followed by <|endoftext|>; np.memmap-compatible, no header
-    val.bin          the last ``val_fraction`` of that token stream (nanoGPT's split), or the
-                     whole ``val_source`` when one is given
-    meta.json        vocab_size, eot_id, dtype, tokens and UTF-8 bytes of each split, source,
-                     the prepared key (written last: its presence means "complete")
+1. plan: the source is split into units (units.py), deterministic from the source and
+   ``data.shard_bytes`` alone, never from the worker count;
+2. tokenizer: ``data.tokenizer`` if given, else a byte-level BPE trained on the whole corpus
+   when it fits in ``data.tokenizer_sample`` characters, or on a sample of that size spread
+   over all units (each document cut at ``data.tokenizer_doc_chars``, as nanochat does), so
+   memory and time stay bounded for any corpus;
+3. units: tokenized by ``data.workers`` processes (one per core by default; not
+   ``datasets.map(num_proc)``, whose fork turns off the tokenizer's threads), text streamed
+   straight into shards; or by any ``run_units`` given (datatrove's executors, cluster.py);
+4. seal: the splits are cut and the manifest written. The last ``val_fraction`` of the token
+   stream validates (nanoGPT's split), unless a ``val_source`` is given.
 
-The prepared key covers the config and the source's identity (file sizes and mtimes, the Python
-version for python-docs, the name for a Hub dataset), so a second ``prepare`` with the same
-config reuses the directory in milliseconds and any change prepares a new one (old ones stay
-valid for the checkpoints that name them; delete them freely). Tokenizing is a batched
-``Dataset.map`` cached under HF_HOME; the token files are then written in chunks from the
-memory-mapped arrow cache, so the corpus is never in memory whole. Every file is written under
-a temporary name and renamed into place.
+The prepared key covers the config and the source's identity (file sizes and mtimes, the
+Python version for python-docs, the name for a Hub dataset), so a second ``prepare`` with the
+same config reuses the store in milliseconds, a killed one reruns only its missing units, and
+any change prepares a new one (old stores stay valid for the checkpoints that name them).
 
 Bytes: ``train_bytes``/``val_bytes`` are the UTF-8 bytes of the text each split's tokens stand
-for, end-of-text tokens excluded (they stand for no text), counted per token from the
-byte-level vocabulary, so the two add up to the corpus's bytes exactly, even when the split
-falls inside a multi-byte character. Evaluation divides nats by these for bits per byte.
+for, end-of-text tokens excluded, counted per token from the byte-level vocabulary, so the two
+add up to the corpus's bytes exactly. Evaluation divides nats by these for bits per byte.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
-import datasets
 import numpy as np
-import pyarrow.compute as pc
 import tokenizers
-from tqdm.auto import tqdm
 
-from tinylm.common.atomic import atomic_file, atomic_write
-from tinylm.data.corpus import DataError, describe, document_texts, load_documents, normalize
+from tinylm.data.corpus import DataError, describe
+from tinylm.data.pool import run_units_locally
+from tinylm.data.store import read_plan, remove_stale, seal, write_plan
+from tinylm.data.stream import TokenStream, check_store, split_stream
 from tinylm.data.tokenizer import Tokenizer
+from tinylm.data.units import SourceSpec, Unit, plan_units, unit_rows
 
 __all__ = ["DataConfig", "DataError", "PreparedData", "prepare"]
 
-PREPARED_FORMAT = 1  # bump when the prepared layout changes, so old dirs are not reused
+PREPARED_FORMAT = 2  # bump when the prepared layout changes, so old dirs are not reused
+MIN_UNIT_BYTES = 1 << 22  # units are never cut smaller than 4 MiB (unless shard_bytes is)
+MIN_UNITS = 16  # ...but a corpus gets >= 16 units when it can: work for 16 workers
 
 
 @dataclass
 class DataConfig:
-    source: str = "python-docs"  # offline English prose on every Python; or a path, glob, Hub name
+    source: str = "python-docs"  # offline English prose on every Python; or a path, glob, hf://name
     hf_split: str = "train"  # the split nearly every dataset has (Hub and save_to_disk sources)
     hf_text_column: str = "text"  # the column name most text datasets use
     hf_config: Optional[str] = None  # Hub config name; None = the dataset's default
@@ -61,31 +65,39 @@ class DataConfig:
     tokenizer: Optional[str] = None  # use this tokenizer (tokenizer.json, HF model dir, tinylm
     # checkpoint) instead of training a BPE: fine-tuning or distilling an imported model needs its ids
     dir: str = "data"  # root of prepared outputs (gitignored); one subdirectory per corpus+config
-    tokenize_batch: int = 256  # rows per map() batch: enough for encode_batch's threads (measured)
+    tokenize_batch: int = 256  # rows per encode_batch call: enough for its threads (measured)
+    workers: Optional[int] = None  # processes tokenizing units; None = one per core
+    shard_bytes: int = 400_000_000  # input per unit/shard: ~100M tokens at ~4 bytes/token
+    tokenizer_sample: int = 500_000_000  # characters the BPE trains on at most (nanochat: 2B)
+    tokenizer_doc_chars: int = 10_000  # a sampled document is cut here: no one text dominates
+    max_tokens: Optional[int] = None  # take only the first N tokens of the source (streams!)
+    shuffle: str = "feistel"  # block order: O(1) memory; "randperm" = 0.2's (resumes its runs)
 
     def __post_init__(self) -> None:  # OmegaConf.to_object runs this: bad values fail at load
+        if self.shuffle not in ("feistel", "randperm"):
+            raise DataError(f"data.shuffle={self.shuffle!r}: expected 'feistel' or 'randperm'")
         if not 0.0 <= self.val_fraction < 1.0:
             raise DataError(f"data.val_fraction={self.val_fraction}: expected 0 <= value < 1")
         if self.vocab_size < 257:
             raise DataError(f"data.vocab_size={self.vocab_size}: a byte-level BPE needs >= 257")
-        if self.tokenize_batch < 1:
-            raise DataError(f"data.tokenize_batch={self.tokenize_batch}: expected >= 1")
+        for key in ("tokenize_batch", "shard_bytes", "tokenizer_sample", "tokenizer_doc_chars"):
+            if getattr(self, key) < 1:
+                raise DataError(f"data.{key}={getattr(self, key)}: expected >= 1")
+        for key in ("workers", "max_tokens"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise DataError(f"data.{key}={getattr(self, key)}: expected >= 1 or null")
+
+    def spec(self, source: Optional[str] = None) -> SourceSpec:
+        return SourceSpec(source or self.source, self.hf_split, self.hf_text_column,
+                          self.hf_config, self.dir)
 
 
 @dataclass
 class PreparedData:
-    """A prepared directory and its meta.json."""
+    """A prepared store and its manifest (or a 0.2 dir and its meta.json)."""
 
     dir: Path
     meta: dict
-
-    @property
-    def train_path(self) -> Path:
-        return self.dir / "train.bin"
-
-    @property
-    def val_path(self) -> Path:
-        return self.dir / "val.bin"
 
     @property
     def tokenizer_path(self) -> Path:
@@ -95,8 +107,31 @@ class PreparedData:
     def dtype(self) -> np.dtype:
         return np.dtype(self.meta["dtype"])
 
+    @property
+    def fingerprint(self) -> str:
+        """The data's identity: the manifest's hash (checkpoints record it)."""
+        return self.meta.get("fingerprint") or self.meta.get("key", "")
+
+    def split(self, name: str) -> TokenStream:
+        """The ``train`` or ``val`` split as one array over its shards."""
+        return split_stream(self.dir, self.meta, name)
+
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.tokenizer_path)
+
+
+def open_prepared(store: str | Path) -> PreparedData:
+    """A sealed store (manifest.json) or a tinylm 0.2 dir (meta.json), checked (stream.py)."""
+    store = Path(store)
+    for name in ("manifest.json", "meta.json"):
+        if (store / name).is_file():
+            try:
+                meta = json.loads((store / name).read_text())
+            except ValueError:
+                raise DataError(f"{store / name}: not valid JSON; prepare again") from None
+            check_store(store, meta)
+            return PreparedData(store, meta)
+    raise DataError(f"{store}: no prepared data (no manifest.json); run tinylm prepare")
 
 
 def given_tokenizer(cfg: DataConfig) -> Optional[Path]:
@@ -115,9 +150,12 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
+_RUN_ONLY = ("dir", "tokenize_batch", "workers", "shuffle")  # how fast, not what: never in the key
+
+
 def prepared_key(cfg: DataConfig) -> str:
     """What makes a prepared dir reusable: every field that changes its bytes."""
-    keys = {k: v for k, v in asdict(cfg).items() if k not in ("dir", "tokenize_batch")}
+    keys = {k: v for k, v in asdict(cfg).items() if k not in _RUN_ONLY}
     if cfg.val_source:
         keys.pop("val_fraction")
     given = given_tokenizer(cfg)
@@ -137,169 +175,174 @@ def prepared_dir(cfg: DataConfig, key: Optional[str] = None) -> Path:
         parts = [p for p in Path(cfg.source).parts if not any(c in p for c in "*?[")]
         name = parts[-1] if parts else "corpus"
     else:
-        name = cfg.source
+        name = cfg.source.removeprefix("hf://")
     slug = re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_.")[-40:] or "corpus"
     vocab = f"v{cfg.vocab_size}" if not cfg.tokenizer else "given-tokenizer"
     return Path(cfg.dir) / f"{slug}-{vocab}-{(key or prepared_key(cfg))[:8]}"
 
 
-def _reusable_meta(out: Path, fp: str) -> Optional[dict]:
-    """meta.json if the dir is complete for prepared key ``fp`` (files present, sizes right)."""
+def _reusable(out: Path, key: str) -> Optional[PreparedData]:
+    """The sealed store at ``out`` if it was sealed for ``key`` (then checked, see stream.py)."""
     try:
-        meta = json.loads((out / "meta.json").read_text())
-        item = np.dtype(meta["dtype"]).itemsize
-        ok = (meta.get("fingerprint") == fp and (out / "tokenizer.json").is_file()
-              and (out / "train.bin").stat().st_size == meta["train_tokens"] * item
-              and (out / "val.bin").stat().st_size == meta["val_tokens"] * item)
-    except (OSError, ValueError, KeyError, TypeError):
+        meta = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
         return None
-    return meta if ok else None
+    if meta.get("key") != key:
+        return None
+    check_store(out, meta)  # a damaged shard is an error, not a silent re-prepare
+    return PreparedData(out, meta)
 
 
-# -- tokenizing ------------------------------------------------------------------------------
+# -- planning and the tokenizer --------------------------------------------------------------
 
-def tokenize_rows(rows: datasets.Dataset, tok: Tokenizer, batch_size: int, dtype: np.dtype,
-                  desc: str = "tokenizing",
-                  cache_dir: Optional[str | Path] = None) -> datasets.Dataset:
-    """rows -> rows of ``ids``, each document's last row followed by EOT (empty documents give
-    nothing). A batched ``map`` whose arrow file is cached under HF_HOME (never inside the
-    source), keyed by the rows' fingerprint and the tokenizer's content hash."""
-    eot, raw = tok.eot_id, "doc_end" not in rows.column_names
-
-    def encode(b: dict) -> dict:
-        texts = [normalize(t or "") for t in b["text"]] if raw else b["text"]
-        ends = [True] * len(texts) if raw else b["doc_end"]
-        ids = tok.encode_batch(texts)
-        return {"ids": [x + [eot] if end and t else x for x, t, end in zip(ids, texts, ends)]}
-
-    key = f"{PREPARED_FORMAT}-{rows._fingerprint}-{tok.content_hash()}-{dtype}"
-    fp = hashlib.sha256(key.encode()).hexdigest()[:16]
-    root = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "tinylm"
-    cache = root / f"tokens-{fp}.arrow"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    features = datasets.Features({"ids": datasets.List(datasets.Value(dtype.name))})
-    return rows.map(encode, batched=True, batch_size=batch_size, remove_columns=rows.column_names,
-                    features=features, cache_file_name=str(cache), new_fingerprint=fp, desc=desc)
+def unit_bytes(cfg: DataConfig, total: int) -> int:
+    """Input bytes per unit: ``shard_bytes``, cut so a corpus yields MIN_UNITS units when it
+    is big enough (so 16 workers have work), but never below MIN_UNIT_BYTES."""
+    return min(cfg.shard_bytes, max(MIN_UNIT_BYTES, -(-total // MIN_UNITS)))
 
 
-def _count(tokenized: datasets.Dataset) -> int:
-    """Total ids, from the list offsets alone (no ids are read)."""
-    if len(tokenized) == 0:
-        return 0
-    return int(pc.sum(pc.list_value_length(tokenized.data.column("ids"))).as_py() or 0)
+def plan(cfg: DataConfig) -> dict[str, list[Unit]]:
+    """The units of the source (and of ``val_source``), in stream order."""
+    out = {}
+    for split, source in (("train", cfg.source), ("val", cfg.val_source)):
+        if source:
+            coarse = plan_units(cfg.spec(source), cfg.shard_bytes)
+            total = sum(u.size for u in coarse)
+            size = unit_bytes(cfg, total)
+            out[split] = coarse if size == cfg.shard_bytes else plan_units(cfg.spec(source), size)
+    return out
 
 
-def _write_splits(streams: list[tuple[datasets.Dataset, list[tuple[Path, int]]]], tok: Tokenizer,
-                  dtype: np.dtype, progress: bool) -> dict[str, dict]:
-    """Stream ids from each tokenized dataset into its files in order: the first n0 ids into the
-    first file, the next n1 into the second... Chunks of rows, never the whole corpus."""
-    token_bytes, stats = tok.token_bytes(), {}
-    total = sum(n for _, files in streams for _, n in files)
-    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="writing", disable=not progress)
-    with bar, contextlib.ExitStack() as files_open:
-        for tokenized, files in streams:
-            handles = []
-            for path, n in files:
-                handles.append((files_open.enter_context(atomic_file(path)), path, n))
-                stats[path.stem] = {"tokens": 0, "bytes": 0, "documents": 0}
-            i = 0
-            for table in tokenized.with_format("arrow").iter(batch_size=256):
-                arr = table.column("ids").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                while arr.size and i < len(handles):
-                    f, path, n = handles[i]
-                    s = stats[path.stem]
-                    part, arr = arr[: n - s["tokens"]], arr[n - s["tokens"]:]
-                    f.write(part.astype(dtype, copy=False).tobytes())
-                    s["tokens"] += part.size
-                    s["bytes"] += int(token_bytes[part].sum())
-                    s["documents"] += int(np.count_nonzero(part == tok.eot_id))
-                    bar.update(part.size)
-                    if s["tokens"] == n:
-                        i += 1
-    return stats
+def sample_texts(cfg: DataConfig, units: list[Unit], counter: list[int]) -> Iterator[list[str]]:
+    """Batches of text for the tokenizer: all of it when the corpus fits in
+    ``tokenizer_sample`` characters (an upper bound from its bytes), else an even share of
+    the sample from the start of each unit, each document cut at ``tokenizer_doc_chars``.
+    ``counter[0]`` counts the characters given."""
+    spec, total = cfg.spec(), sum(u.size for u in units)
+    whole = 0 < total <= cfg.tokenizer_sample
+    quota = cfg.tokenizer_sample if whole else cfg.tokenizer_sample // max(len(units), 1)
+    for unit in units:
+        taken, doc, batch = 0, 0, []
+        for text, end in unit_rows(unit, spec):
+            if not whole:
+                text = text[: max(0, cfg.tokenizer_doc_chars - doc)]
+                doc = 0 if end else doc + len(text)
+            if text:
+                batch.append(text)
+                taken += len(text)
+            if len(batch) >= cfg.tokenize_batch:
+                counter[0] += sum(map(len, batch))
+                yield batch
+                batch = []
+            if not whole and taken >= quota:
+                break
+        if batch:
+            counter[0] += sum(map(len, batch))
+            yield batch
 
 
-# -- prepare -----------------------------------------------------------------------------------
-
-def _tokenizer_for(cfg: DataConfig, rows: datasets.Dataset, progress: bool) -> Tokenizer:
+def _tokenizer_for(cfg: DataConfig, units: list[Unit], progress: bool) -> Tokenizer:
     """``data.tokenizer`` if one is given (it must be a byte-level BPE), else a BPE trained on
-    ``rows``; an empty corpus is an error either way."""
+    the sample; an empty corpus is an error either way."""
     chars = [0]
     if (given := given_tokenizer(cfg)) is not None:
         tok = Tokenizer.load(given)
         if not tok.is_byte_level:
             raise DataError(f"data.tokenizer={cfg.tokenizer}: not a byte-level BPE: its ids "
                             "don't map to exact bytes, so bits per byte would be wrong")
-        for _ in document_texts(rows, chars):  # counts the characters: an empty corpus is an error
-            pass
+        for _ in sample_texts(cfg, units[:1], chars):  # is there any text at all?
+            if chars[0]:
+                break
     else:
-        tok = Tokenizer.train(document_texts(rows, chars), cfg.vocab_size, show_progress=progress)
+        tok = Tokenizer.train(sample_texts(cfg, units, chars), cfg.vocab_size,
+                              show_progress=progress)
     if chars[0] == 0:
         raise DataError(f"data.source={cfg.source!r}: the corpus is empty "
-                        f"(0 characters of text in {len(rows)} rows)")
+                        f"(0 characters of text in {len(units)} unit(s))")
     return tok
 
 
-def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False) -> PreparedData:
-    fp = prepared_key(cfg)
-    out = prepared_dir(cfg, fp)
-    meta = _reusable_meta(out, fp)
-    if meta is not None:
-        return PreparedData(out, meta)
+# -- prepare -----------------------------------------------------------------------------------
+
+RunUnits = Callable[[Path, int], bool]  # (store, number of units) -> True when all ran
+
+
+def _plan_store(cfg: DataConfig, out: Path, key: str, progress: bool) -> int:
+    """Write plan.json and tokenizer.json (reused when a killed run left them); -> units."""
+    if (out / "plan.json").is_file() and (out / "tokenizer.json").is_file():
+        try:
+            existing = read_plan(out)
+            if existing.get("key") == key:
+                return len(existing["units"])
+        except DataError:
+            pass
+    units = plan(cfg)
+    tok = _tokenizer_for(cfg, units["train"], progress)
+    specs = {split: cfg.spec(src) for split, src in (("train", cfg.source), ("val", cfg.val_source))
+             if split in units}
+    sources = [{"split": split, "source": spec.source,
+                "fingerprint": hashlib.sha256(json.dumps(describe(spec.source), sort_keys=True,
+                                                         default=str).encode()).hexdigest()[:16],
+                "units": len(units[split])} for split, spec in specs.items()]
+    extra = {"key": key, "source": cfg.source, "val_source": cfg.val_source,
+             "val_fraction": cfg.val_fraction, "max_tokens": cfg.max_tokens,
+             "batch_rows": cfg.tokenize_batch, "sources": sources, "config": asdict(cfg)}
+    written = write_plan(out, units, specs, tok, token_dtype(tok.vocab_size), extra)
+    return len(written["units"])
+
+
+def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False,
+             run_units: Optional[RunUnits] = None) -> Optional[PreparedData]:
+    key = prepared_key(cfg)
+    out = prepared_dir(cfg, key)
+    if (found := _reusable(out, key)) is not None:
+        return found
     if reuse_only:
         raise DataError(f"{out}: no prepared data after the main process ran (on several "
                         "machines, put data.dir on a shared filesystem or run "
-                        "scripts/prepare_data.py on each first)")
+                        "tinylm prepare on each first)")
+    t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # a stale meta must not vouch for new files
-    load = dict(hf_split=cfg.hf_split, hf_text_column=cfg.hf_text_column,
-                hf_config=cfg.hf_config, data_dir=cfg.dir, progress=progress)
-    rows = load_documents(cfg.source, **load)
-
-    tok = _tokenizer_for(cfg, rows, progress)
-    tok.save(out / "tokenizer.json")
-    dtype = token_dtype(tok.vocab_size)
-    tokenized = tokenize_rows(rows, tok, cfg.tokenize_batch, dtype, "tokenizing")
-    total = _count(tokenized)
-    train_path, val_path = out / "train.bin", out / "val.bin"
-    if cfg.val_source:
-        val_tok = tokenize_rows(load_documents(cfg.val_source, **load), tok, cfg.tokenize_batch,
-                            dtype, "tokenizing val")
-        n_train, n_val = total, _count(val_tok)
-        streams = [(tokenized, [(train_path, n_train)]), (val_tok, [(val_path, n_val)])]
-    else:
-        n_train = int(total * (1 - cfg.val_fraction))  # nanoGPT: data[:int(n*0.9)] trains
-        n_val = total - n_train
-        streams = [(tokenized, [(train_path, n_train), (val_path, n_val)])]
-    if n_train < 2 or (n_val < 2 and (cfg.val_source or cfg.val_fraction > 0)):
-        raise DataError(f"data.source={cfg.source!r}: too small to split: {total} tokens give "
-                        f"{n_train} train and {n_val} val tokens (each needs >= 2)")
-    stats = _write_splits(streams, tok, dtype, progress)
-    meta = {
-        "format": PREPARED_FORMAT, "fingerprint": fp, "source": cfg.source, "val_source": cfg.val_source,
-        "val_fraction": None if cfg.val_source else cfg.val_fraction,
-        "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "eot_token": tok.eot_token,
-        "dtype": dtype.name,
-        "train_tokens": stats["train"]["tokens"], "val_tokens": stats["val"]["tokens"],
-        "train_bytes": stats["train"]["bytes"], "val_bytes": stats["val"]["bytes"],
-        "train_documents": stats["train"]["documents"], "val_documents": stats["val"]["documents"],
-        "bytes_note": "UTF-8 bytes of the text each split's tokens stand for; end-of-text "
-                      "tokens excluded. Bits per byte = nats / (ln 2 * bytes).",
-        "config": asdict(cfg),
-    }
-    atomic_write(out / "meta.json", json.dumps(meta, indent=2))  # last: marks the dir complete
-    return PreparedData(out, meta)
+    remove_stale(out)
+    n = _plan_store(cfg, out, key, progress)
+    done = (run_units or _local_runner(cfg, progress))(out, n)
+    if not done:
+        return None
+    manifest = seal(out, cfg.max_tokens)
+    if progress:
+        print(summary_line(manifest, out, time.perf_counter() - t0))
+    return PreparedData(out, manifest)
 
 
-def prepare(cfg: DataConfig, accelerator=None, *, progress: bool = True) -> PreparedData:
-    """Prepare (or reuse) the tokenizer and token files for ``cfg``.
+def _local_runner(cfg: DataConfig, progress: bool) -> RunUnits:
+    def run(store: Path, n: int) -> bool:
+        run_units_locally(store, n, workers=cfg.workers, progress=progress,
+                          max_tokens=cfg.max_tokens)
+        return True
+    return run
 
-    Under accelerate the main process prepares inside ``main_process_first()`` while the others
-    wait, then they only reuse its output. An error in the main process is re-raised by every
-    process after the barrier instead of leaving the others waiting forever.
+
+def summary_line(manifest: dict, out: Path, wall: float) -> str:
+    """One line: tokens, bytes/token, MB/s of text end to end (this run's part), wall."""
+    tokens = manifest["train_tokens"] + manifest["val_tokens"]
+    nbytes = manifest["train_bytes"] + manifest["val_bytes"]
+    return (f"prepared {out}: {tokens:,} tokens in {len(manifest['shards'])} shard(s), "
+            f"{nbytes / max(tokens, 1):.2f} bytes/token, {nbytes / 1e6 / max(wall, 1e-9):.2f} "
+            f"MB/s, {wall:.1f} s wall, fingerprint {manifest['fingerprint']}")
+
+
+def prepare(cfg: DataConfig, accelerator=None, *, progress: bool = True,
+            run_units: Optional[RunUnits] = None) -> Optional[PreparedData]:
+    """Prepare (or reuse) the tokenizer and token store for ``cfg``.
+
+    ``run_units(store, n)`` runs the n units somewhere else (datatrove, cluster.py) and says
+    whether they are done (False: submitted to a cluster whose last step seals; then this
+    returns None). Under accelerate the main process prepares inside
+    ``main_process_first()`` while the others wait, then they only reuse its output. An error
+    in the main process is re-raised by every process after the barrier.
     """
     if accelerator is None:
-        return _prepare(cfg, progress)
+        return _prepare(cfg, progress, run_units=run_units)
     result, error = None, None
     with accelerator.main_process_first():
         try:
@@ -310,8 +353,4 @@ def prepare(cfg: DataConfig, accelerator=None, *, progress: bool = True) -> Prep
     if error is not None:
         raise error
     return result
-
-
-# -- batches -----------------------------------------------------------------------------------
-
 

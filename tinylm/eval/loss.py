@@ -26,7 +26,6 @@ Every failure is one line: ``CheckpointError`` for the checkpoint, ``DataError``
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -41,9 +40,11 @@ from torch.utils.data import DataLoader
 from tinylm.checkpoint.format import TOKENIZER_FILE, CheckpointError
 from tinylm.checkpoint.load import load_for_inference
 from tinylm.common.checks import NON_NEGATIVE, POSITIVE, require
-from tinylm.data.batches import EvalBlocks, load_tokens
-from tinylm.data.corpus import DataError, load_documents
-from tinylm.data.prepare import token_dtype, tokenize_rows
+from tinylm.data.batches import EvalBlocks, Tokens
+from tinylm.data.corpus import DataError
+from tinylm.data.prepare import open_prepared, token_dtype
+from tinylm.data.store import tokenize_source
+from tinylm.data.units import SourceSpec
 from tinylm.data.tokenizer import Tokenizer
 
 
@@ -168,11 +169,11 @@ class Evaluator:
 
 @dataclass
 class _Split:
-    """A token file to score and what it stands for."""
+    """Tokens to score (a token file, or a split of a store) and what they stand for."""
 
-    path: Path
+    tokens: Tokens
     dtype: np.dtype
-    tokens: int
+    count: int
     bytes: int
     label: str
 
@@ -182,41 +183,29 @@ def _recorded_val_split(ckpt: Path, cfg: dict, tokenizer: Tokenizer) -> _Split:
     if "data_dir" not in cfg or "val_tokens" not in cfg or "val_bytes" not in cfg:
         raise CheckpointError(f"{ckpt}: config.json records no validation split; pass data")
     data_dir = Path(cfg["data_dir"])
-    meta_path = data_dir / "meta.json"
-    if not meta_path.is_file():
-        raise DataError(f"{data_dir}: the checkpoint's prepared data is gone (no meta.json); "
+    if not any((data_dir / m).is_file() for m in ("manifest.json", "meta.json")):
+        raise DataError(f"{data_dir}: the checkpoint's prepared data is gone (no manifest.json); "
                         "re-prepare it or pass data")
-    meta = json.loads(meta_path.read_text())
-    dtype = np.dtype(meta["dtype"])
-    tokens = load_tokens(data_dir / "val.bin", dtype)
-    if len(tokens) != cfg["val_tokens"]:
-        raise DataError(f"{data_dir / 'val.bin'}: {len(tokens)} tokens, but the checkpoint "
+    data = open_prepared(data_dir)  # every shard checked against its manifest
+    val = data.split("val")
+    if len(val) != cfg["val_tokens"]:
+        raise DataError(f"{data_dir}: val split of {len(val)} tokens, but the checkpoint "
                         f"recorded {cfg['val_tokens']}: the data changed since training")
     tok_path = data_dir / TOKENIZER_FILE
     if tok_path.is_file() and Tokenizer.load(tok_path).content_hash() != tokenizer.content_hash():
         raise DataError(f"{tok_path}: not the checkpoint's tokenizer: the data was re-prepared")
-    return _Split(data_dir / "val.bin", dtype, cfg["val_tokens"], cfg["val_bytes"],
-                  f"val split of {data_dir}")
+    return _Split(val, data.dtype, cfg["val_tokens"], cfg["val_bytes"], f"val split of {data_dir}")
 
 
 def _tokenize_source(source: str, tokenizer: Tokenizer, out: Path, data_dir: str) -> _Split:
     """Tokenize ``source`` into the token file ``out`` with ``prepare``'s own rule
-    (``tokenize_rows``: normalized text, end-of-text after each non-empty document). Bytes
-    are the UTF-8 bytes of that text. Streamed in batches: never whole in memory."""
-    rows = load_documents(source, data_dir=data_dir, progress=False)
-    dtype, token_bytes = token_dtype(tokenizer.vocab_size), tokenizer.token_bytes()
-    tokenized = tokenize_rows(rows, tokenizer, 256, dtype, desc="tokenizing")
-    tokens, n_bytes = 0, 0
-    with open(out, "wb") as f:
-        for batch in tokenized.with_format("numpy").iter(batch_size=256):
-            if not len(batch["ids"]):
-                continue
-            ids = np.concatenate([np.asarray(x, dtype=dtype) for x in batch["ids"]])
-            f.write(ids.tobytes())
-            tokens, n_bytes = tokens + ids.size, n_bytes + int(token_bytes[ids].sum())
-    if tokens < 2:
-        raise DataError(f"{source}: {tokens} token(s) of text; evaluation needs at least 2")
-    return _Split(out, dtype, tokens, n_bytes, source)
+    (normalized text, end-of-text after each non-empty document). Bytes are the UTF-8 bytes
+    of that text. Streamed in batches: never whole in memory."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    stats = tokenize_source(SourceSpec(source, data_dir=data_dir), tokenizer, out, dtype)
+    if stats["tokens"] < 2:
+        raise DataError(f"{source}: {stats['tokens']} token(s) of text; evaluation needs at least 2")
+    return _Split(out, dtype, stats["tokens"], stats["bytes"], source)
 
 
 def evaluate_checkpoint(
@@ -256,11 +245,11 @@ def evaluate_checkpoint(
             with first:  # one process fills the datasets cache, the others reuse it
                 data_dir = cfg.get("train", {}).get("data", {}).get("dir", "data")  # python-docs' cache
                 split = _tokenize_source(data, tokenizer, Path(tmp) / "eval.bin", data_dir)
-        T = min(T, split.tokens - 1)
-        loader = DataLoader(EvalBlocks(split.path, T, dtype=split.dtype), batch_size=batch_size)
+        T = min(T, split.count - 1)
+        loader = DataLoader(EvalBlocks(split.tokens, T, dtype=split.dtype), batch_size=batch_size)
         if accelerator is not None:
             loader = accelerator.prepare(loader)
-        result = evaluate(model, loader, split_bytes=split.bytes, split_tokens=split.tokens,
+        result = evaluate(model, loader, split_bytes=split.bytes, split_tokens=split.count,
                           accelerator=accelerator)
     packed = {k: cfg[k] for k in ("artifact_bytes", "artifact") if k in cfg}  # a packed file
     return {"checkpoint": str(ckpt), "step": cfg.get("step"), "data": split.label,

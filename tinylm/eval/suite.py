@@ -96,8 +96,8 @@ class TaskEvaluator:
             for i, source in enumerate(cfg.extra_sources):
                 split = _tokenize_source(source, self.tokenizer, Path(self._tmp.name) / f"{i}.bin",
                                          data_dir)
-                T = min(block_size, split.tokens - 1)
-                loader = accelerator.prepare(DataLoader(EvalBlocks(split.path, T, dtype=split.dtype),
+                T = min(block_size, split.count - 1)
+                loader = accelerator.prepare(DataLoader(EvalBlocks(split.tokens, T, dtype=split.dtype),
                                                         batch_size=cfg.batch_size))
                 self.extra.append((Path(source).stem or source, loader, split))
 
@@ -118,7 +118,7 @@ class TaskEvaluator:
                 record.update({f"{r.task}/{m}": v for m, v in r.metrics.items()})
                 record[f"{r.task}/items"] = r.items
         for name, loader, split in self.extra:
-            res = evaluate(model, loader, split_bytes=split.bytes, split_tokens=split.tokens,
+            res = evaluate(model, loader, split_bytes=split.bytes, split_tokens=split.count,
                            accelerator=self.accelerator)
             record[f"bpb/{name}"] = res.bits_per_byte
         record["tasks_s"] = self.last_s = time.perf_counter() - t0  # a time budget reserves it

@@ -149,10 +149,11 @@ class Trainer:
             model_cfg = init_model_config(cfg.checkpoint.init_from, model_cfg.vocab_size)
         self.cfg = replace(cfg, model=model_cfg)
         o, T = cfg.optim, model_cfg.block_size
-        self.batches = TrainBatches(self.data.train_path, T, o.batch_size, rank=acc.process_index,
-                                    world_size=acc.num_processes, seed=cfg.seed, dtype=self.data.dtype)
+        self.batches = TrainBatches(self.data.split("train"), T, o.batch_size,
+                                    rank=acc.process_index, world_size=acc.num_processes,
+                                    seed=cfg.seed, shuffle=cfg.data.shuffle)
         self.tokens_per_step = o.batch_size * T * o.grad_accum * acc.num_processes
-        eval_loader = acc.prepare(DataLoader(EvalBlocks(self.data.val_path, T, dtype=self.data.dtype),
+        eval_loader = acc.prepare(DataLoader(EvalBlocks(self.data.split("val"), T),
                                              batch_size=cfg.eval.batch_size, shuffle=False))
         self.evaluator = Evaluator(eval_loader, cfg.eval, self.meta, acc)
         self.tasks = TaskEvaluator(cfg.eval, self.data.tokenizer_path, acc, T, cfg.data.dir)
