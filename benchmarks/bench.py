@@ -70,7 +70,7 @@ def run_variant(config: str, text: str, overrides: list[str], target: float, wor
         raise SystemExit(f"fewer than 2 train lines in metrics.jsonl ({' '.join(overrides)}): "
                          "lower log.interval for a run this short")
     evals = [r for r in records if r["kind"] == "eval"]
-    meta = json.loads(next(data_dir.glob("*/meta.json")).read_text())
+    meta = json.loads(next(data_dir.glob("*/manifest.json")).read_text())
     bytes_per_token = meta["train_bytes"] / meta["train_tokens"]
     tok_s = train[-1]["tokens_per_s"]  # running mean over all steps but the first
     checks = [float(m) for m in re.findall(r"sync check @ step \d+: .*\(([\d.]+) ms\)", proc.stdout)]

@@ -62,7 +62,7 @@ class Variant:
             data = _prepare(text, cfg.data.vocab_size, work)
             meta = data.meta
             self.bytes_per_token = meta["train_bytes"] / meta["train_tokens"]
-            self.batches = TrainBatches(data.train_path, T, o.batch_size, dtype=data.dtype)
+            self.batches = TrainBatches(data.split("train"), T, o.batch_size)
             vocab = meta["vocab_size"]
         else:
             vocab = cfg.data.vocab_size

@@ -1,4 +1,4 @@
-"""Prepare a corpus: tokenizer.json, train.bin, val.bin and meta.json.
+"""Prepare a corpus: tokenizer.json, train-NNNNN.bin shards and manifest.json.
 
 A thin shell over `tinylm prepare` (tinylm/cli/); `python scripts/prepare_data.py --help` for usage.
 """

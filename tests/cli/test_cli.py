@@ -63,7 +63,7 @@ def test_console_script_runs_a_preset_by_name_from_another_directory(tmp_path):
                          cwd=tmp_path, env=quiet_env(tmp_path), timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "step-3" / "model.safetensors").is_file()
-    assert len(list((tmp_path / "data").glob("*/meta.json"))) == 1  # train reused the prepare
+    assert len(list((tmp_path / "data").glob("*/manifest.json"))) == 1  # train reused the prepare
 
 
 def test_building_the_parser_imports_no_torch_and_packs_choices_match_the_quantizer():

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from helpers import tiny_overrides
 from tinylm.checkpoint import format as ckpt
 from tinylm.data.batches import EvalBlocks
+from tinylm.data.prepare import open_prepared
 from tinylm.distributed.parallel import unwrap
 from tinylm.eval.loss import evaluate
 from tinylm.model.gpt import GPT
@@ -80,7 +81,7 @@ def test_eval_uses_the_very_module_being_trained(tmp_path, corpus):
     assert training  # evaluate() put it back in train mode
     # the eval at step 10 reflects step 10's weights, not step 9's
     data = ckpt.read_config(tmp_path / "run" / "checkpoints" / "step-12")
-    blocks = EvalBlocks(os.path.join(data["data_dir"], "val.bin"), 32)
+    blocks = EvalBlocks(open_prepared(data["data_dir"]).split("val"), 32)
     loader = torch.utils.data.DataLoader(blocks, batch_size=16)
 
     def score(state):

@@ -1,13 +1,18 @@
 """Prepare a corpus (tokenizer + token files), or train a tokenizer alone.
 
     tinylm prepare [CONFIG|PRESET] [data.key=value ...]
+    tinylm prepare ... --executor local|slurm|ray [--tasks N] [--workers N]
     tinylm tokenizer [CONFIG|PRESET] [data.key=value ...] [--out tokenizer.json]
 
 The data section comes from the same config and dotted overrides as training
 (data.source=corpus/ data.vocab_size=4096 data.dir=data), so ``prepare`` writes exactly what
 a training run with those settings will reuse. The flags --source, --vocab-size, --dir ... are
 short spellings of the same keys. ``tokenizer`` trains and saves only tokenizer.json, for
-experiments with the tokenizer alone. Bad input is one ``error: ...`` line, exit status 2.
+experiments with the tokenizer alone. ``--executor`` runs the same units as a datatrove
+pipeline (tinylm.data.cluster; ``pip install 'tinylm[cluster]'``): ``local`` on this machine's
+CPUs, ``slurm`` as an array job whose last job seals the store (the command returns once it is
+submitted; rerun it to resume), ``ray`` on the cluster in RAY_ADDRESS. Bad input is one
+``error: ...`` line, exit status 2.
 """
 
 from __future__ import annotations
@@ -29,7 +34,45 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
                        help=f"data.{key}")
     if name == "tokenizer":
         p.add_argument("--out", default="tokenizer.json", help="where tokenizer.json goes")
+    else:
+        add_executor_arguments(p)
     p.set_defaults(tokenizer_only=name == "tokenizer")
+
+
+def add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    """datatrove's executors (parsed without importing datatrove: --help stays instant)."""
+    g = p.add_argument_group("datatrove (default: tinylm's own process pool)")
+    g.add_argument("--executor", choices=("local", "slurm", "ray"),
+                   help="run the units as a datatrove pipeline on this executor")
+    g.add_argument("--tasks", type=int, help="datatrove tasks (default: one per unit)")
+    g.add_argument("--workers", type=int, help="tasks at once (default: local CPUs / no limit)")
+    g.add_argument("--logging-dir", help="datatrove's logs and completions; a relaunch with the "
+                   "same one resumes (default: <store>/datatrove)")
+    g.add_argument("--slurm-partition", help="slurm: partition (required with slurm)")
+    g.add_argument("--slurm-time", help="slurm: time limit per task, e.g. 2:00:00 (required)")
+    g.add_argument("--slurm-cpus", type=int, default=1, help="slurm: CPUs per task (default 1)")
+
+
+def _run_units(args: argparse.Namespace):
+    """prepare's ``run_units`` for ``--executor`` (None: tinylm's own pool)."""
+    from tinylm.train.config import ConfigError
+
+    given = [f for f in ("tasks", "workers", "logging_dir", "slurm_partition", "slurm_time")
+             if getattr(args, f) is not None]
+    if not args.executor:
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} needs --executor (tinylm's own "
+                              "pool takes data.workers=N)")
+        return None
+    if any(getattr(args, f) is not None and getattr(args, f) < 1 for f in ("tasks", "workers")):
+        raise ConfigError("--tasks and --workers: expected >= 1")
+    from tinylm.data.cluster import run_units_with
+
+    slurm = {"partition": args.slurm_partition, "time": args.slurm_time,
+             "cpus_per_task": args.slurm_cpus}
+    return run_units_with(args.executor, tasks=args.tasks, workers=args.workers,
+                          logging_dir=args.logging_dir,
+                          slurm={k: v for k, v in slurm.items() if v is not None})
 
 
 def data_config(args: argparse.Namespace):
@@ -51,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
         return _tokenizer(cfg, args.out)
     from tinylm.data.prepare import prepare
 
-    data = prepare(cfg)
+    data = prepare(cfg, run_units=_run_units(args))
+    if data is None:  # submitted to slurm: its last job seals the store
+        print("submitted; the seal job writes manifest.json when every unit is done (rerun "
+              "the same command to resume: finished units and tasks are kept)")
+        return 0
     m = data.meta
     per_token = (m["train_bytes"] + m["val_bytes"]) / max(m["train_tokens"] + m["val_tokens"], 1)
     print(f"{data.dir}: vocab {m['vocab_size']} ({m['dtype']}), "

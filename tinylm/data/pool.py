@@ -10,13 +10,15 @@ over all workers, with MB/s and an ETA.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue as queue_lib
+import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from tqdm.auto import tqdm
 
@@ -89,7 +91,8 @@ def _run_pool(store: Path, todo: list[int], entries: list[dict], markers: dict[i
     seen: dict[int, int] = {}
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
                              initargs=(progress_queue, threads)) as pool:
-        pending: dict[Future, int] = {pool.submit(_work, str(store), i): i for i in todo}
+        with _main_not_reimported():  # every worker starts during these submits
+            pending: dict[Future, int] = {pool.submit(_work, str(store), i): i for i in todo}
         try:
             while pending:
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -110,6 +113,41 @@ def _run_pool(store: Path, todo: list[int], entries: list[dict], markers: dict[i
             for f in pending:
                 f.cancel()
             raise
+
+
+@contextlib.contextmanager
+def tokenizer_threads(n: Optional[int] = None) -> Iterator[None]:
+    """Let the tokenizer use its threads here (``n`` of them; None: all cores). The CLI turns
+    them off for forked DataLoader workers, and cluster tasks inherit its environment (Slurm's
+    ``--export=ALL`` too); preparing forks nothing: its workers are spawned."""
+    new = {"TOKENIZERS_PARALLELISM": "true"}
+    if n is not None:
+        new["RAYON_NUM_THREADS"] = str(max(1, n))
+    saved = {k: os.environ.get(k) for k in new}
+    os.environ.update(new)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _main_not_reimported() -> Iterator[None]:
+    """Spawned workers run tinylm's functions only, so they need not import the caller's
+    ``__main__``; spawn would, re-running a script without an ``if __name__`` guard (or
+    failing on ``python -`` / ``-c``). Hide it while the workers start."""
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 def _drain(progress_queue, seen: dict[int, int], bar: tqdm) -> None:

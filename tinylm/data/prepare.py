@@ -40,7 +40,7 @@ import numpy as np
 import tokenizers
 
 from tinylm.data.corpus import DataError, describe
-from tinylm.data.pool import run_units_locally
+from tinylm.data.pool import run_units_locally, tokenizer_threads
 from tinylm.data.store import read_plan, remove_stale, seal, write_plan
 from tinylm.data.stream import TokenStream, check_store, split_stream
 from tinylm.data.tokenizer import Tokenizer
@@ -304,8 +304,9 @@ def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False,
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out)
-    n = _plan_store(cfg, out, key, progress)
-    done = (run_units or _local_runner(cfg, progress))(out, n)
+    with tokenizer_threads():
+        n = _plan_store(cfg, out, key, progress)
+        done = (run_units or _local_runner(cfg, progress))(out, n)
     if not done:
         return None
     manifest = seal(out, cfg.max_tokens)
