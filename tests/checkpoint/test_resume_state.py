@@ -1,17 +1,25 @@
 """The strategy-free optimizer file: by parameter name, safetensors, round-trips exactly, and
-refuses what does not fit (in process; across strategies and process counts: test_parallel.py)."""
+refuses what does not fit (in process; across strategies and process counts: test_parallel.py);
+and the data fingerprint a resume must match."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from accelerate.state import AcceleratorState
+
+from helpers import tiny_overrides
 
 from tinylm.checkpoint.format import CheckpointError
 from tinylm.checkpoint.resume_state import (OPTIMIZER_FILE, load_optimizer, optimizer_state,
                                             write_optimizer)
 from tinylm.model.config import GPTConfig
 from tinylm.model.gpt import GPT
+from tinylm.train.config import load_config
 from tinylm.train.optim import OptimConfig, build_optimizers
+from tinylm.train.trainer import train
 
 
 def trained(name: str = "adamw", n_layer: int = 1) -> tuple[GPT, list]:
@@ -63,3 +71,30 @@ def test_a_corrupt_file_is_one_error_naming_it(tmp_path):
     (tmp_path / OPTIMIZER_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     with pytest.raises(CheckpointError, match=f"{OPTIMIZER_FILE}: corrupt or unreadable"):
         load_optimizer(model, opts, tmp_path)
+
+
+# -- the data fingerprint ----------------------------------------------------------------------
+
+@pytest.mark.usefixtures("in_process_training")
+def test_a_resume_after_the_data_changed_is_refused_unless_allowed(tmp_path, prose_corpus, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(prose_corpus.read_text())
+
+    def run(**kw):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return train(load_config("tiny", tiny_overrides(tmp_path, corpus, **kw)))
+
+    run(**{"optim.max_steps": 4})
+    step4 = tmp_path / "run" / "checkpoints" / "step-4"
+    saved = json.loads((step4 / "config.json").read_text())["data_fingerprint"]
+    assert len(saved) == 16
+    with corpus.open("a") as f:
+        f.write("A paragraph that was not there when step 4 was saved.\n")
+    with pytest.raises(CheckpointError, match=rf"the data changed since .*step-4 was saved "
+                       rf"\(fingerprint {saved} -> [0-9a-f]{{16}}.*set checkpoint.allow_data_change=true"):
+        run(**{"optim.max_steps": 8, "checkpoint.resume": step4})
+    capsys.readouterr()
+    summary = run(**{"optim.max_steps": 8, "checkpoint.resume": step4,
+                     "checkpoint.allow_data_change": "true"})
+    assert summary["step"] == 8
+    assert "continuing because checkpoint.allow_data_change=true" in capsys.readouterr().out

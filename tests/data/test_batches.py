@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tinylm.data.batches import EvalBlocks, TrainBatches, load_tokens
+from tinylm.data.batches import SHUFFLES, EvalBlocks, TrainBatches, load_tokens
 from tinylm.data.corpus import DataError
+from tinylm.data.shuffle import FeistelPermutation
+from tinylm.data.stream import TokenStream
 
 
 def positions_file(tmp_path: Path, n: int, dtype=np.uint16) -> Path:
@@ -120,3 +122,72 @@ def test_eval_blocks_predict_every_token_after_the_first_once(tmp_path: Path, n:
 def test_eval_blocks_too_small_split(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="8 tokens is too small for one evaluation block of 8"):
         EvalBlocks(positions_file(tmp_path, 8), block_size=8)
+
+
+# -- sharded stores and the shuffle ------------------------------------------------------------
+
+def sharded(tmp_path: Path, n: int, cuts: list[int]) -> TokenStream:
+    """Token i is i, spread over shard files cut at ``cuts``; the last shard has 7 extra tokens
+    past its range (as a val tail would), which the stream must not read."""
+    parts, edges = [], [0, *cuts, n]
+    for k, (a, b) in enumerate(zip(edges, edges[1:])):
+        path = tmp_path / f"train-{k:05d}.bin"
+        np.arange(a, b + (7 if k == len(edges) - 2 else 0), dtype=np.uint16).tofile(path)
+        parts.append((path, 0, b - a))
+    return TokenStream(parts, np.uint16)
+
+
+@pytest.mark.parametrize("shuffle", SHUFFLES)
+def test_a_sharded_stream_batches_exactly_like_one_flat_file(tmp_path: Path, shuffle: str) -> None:
+    n = 3000
+    stream = sharded(tmp_path, n, [17, 500, 501, 2048])
+    assert len(stream) == n and np.array_equal(stream[10:600], np.arange(10, 600))
+    flat = TrainBatches(positions_file(tmp_path, n), 16, 4, seed=3, shuffle=shuffle)
+    shards = TrainBatches(stream, 16, 4, seed=3, shuffle=shuffle)
+    for (x1, y1), (x2, y2) in zip(take(flat, 2 * flat.steps_per_epoch()),
+                                  take(shards, 2 * flat.steps_per_epoch())):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    blocks = EvalBlocks(stream, 16)
+    assert torch.equal(torch.cat([blocks[i][0] for i in range(len(blocks))])[: n - 1],
+                       torch.arange(n - 1))
+
+
+def test_resume_through_a_shard_boundary_from_one_process_to_two(tmp_path: Path) -> None:
+    """Same global batch (1 x 8 = 2 x 4): after a resume the two ranks' rows, in rank order,
+    are the rows the single process would have read, across shard boundaries and an epoch."""
+    stream = sharded(tmp_path, 4000, [333, 1000, 2500])
+    one = TrainBatches(stream, 16, 8, seed=9)
+    whole = take(one, one.steps_per_epoch() + 6)
+    first = TrainBatches(stream, 16, 8, seed=9)
+    take(first, 5)
+    state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint holds
+    ranks = [TrainBatches(stream, 16, 4, rank=r, world_size=2, seed=0) for r in range(2)]
+    for b in ranks:
+        b.load_state_dict(state)
+    for step in range(5, len(whole)):
+        rows = torch.cat([next(b)[0] for b in ranks])
+        assert torch.equal(rows, whole[step][0]), step
+    assert ranks[0].epoch == 1
+
+
+def test_the_order_is_a_permutation_without_materialising_it(tmp_path: Path) -> None:
+    """Feistel: the plan holds a bijection, not an array of every block (randperm does)."""
+    b = TrainBatches(positions_file(tmp_path, 60_000), 4, 2, seed=1)
+    _, n_blocks, order = b._order()
+    assert isinstance(order, FeistelPermutation) and n_blocks > 14_000
+    assert sorted(order(np.arange(n_blocks)).tolist()) == list(range(n_blocks))
+    legacy = TrainBatches(positions_file(tmp_path, 60_000), 4, 2, seed=1, shuffle="randperm")
+    assert not isinstance(legacy._order()[2], FeistelPermutation)
+
+
+def test_a_position_saved_under_one_shuffle_is_refused_by_the_other(tmp_path: Path) -> None:
+    path = positions_file(tmp_path, 3000)
+    old = TrainBatches(path, 8, 4, shuffle="randperm")
+    take(old, 3)
+    state = old.state_dict()
+    state.pop("shuffle")  # tinylm 0.2 saved none: its order was randperm
+    with pytest.raises(DataError, match=r"shuffle=randperm, now feistel: .* \(set data.shuffle=randperm\)$"):
+        TrainBatches(path, 8, 4).load_state_dict(state)
+    again = TrainBatches(path, 8, 4, shuffle="randperm")
+    again.load_state_dict(state)
+    assert torch.equal(next(again)[0], next(old)[0])

@@ -38,6 +38,7 @@ class CheckpointConfig:
     init_from: str = ""  # start from these weights only (e.g. make_student.py output); its shape wins
     restore_rng: bool = True  # False: resume without the random state (only dropout uses it)
     trust_pickle: bool = False  # read tinylm 0.1's pickled RNG/optimizer files (torch >= 2.10 only)
+    allow_data_change: bool = False  # resume although the data's fingerprint changed (logged)
 
     def __post_init__(self) -> None:
         require("checkpoint", self, {"interval": NON_NEGATIVE, "keep_last": (

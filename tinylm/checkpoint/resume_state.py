@@ -135,6 +135,26 @@ def _load_old_optimizer(model: torch.nn.Module, optimizers: list, state_dir: Pat
         opt.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
 
 
+def require_same_data(ckpt: Path, fingerprint: str, allow_change: bool,
+                      say: Callable[[str], None]) -> bool:
+    """The resume trains on the data the checkpoint was trained on: the store manifest's
+    fingerprint (a hash of every shard's sha256, the splits and the tokenizer) must match,
+    or ``checkpoint.allow_data_change`` says to go on anyway (said in the log). Returns
+    whether the data is the same (a changed one cannot resume its data position exactly)."""
+    saved = read_config(ckpt).get("data_fingerprint")
+    if saved is None:  # tinylm 0.2 recorded none: nothing to compare
+        say(f"{ckpt}: records no data fingerprint (an older tinylm); the data is not checked")
+        return True
+    if saved == fingerprint:
+        return True
+    what = (f"the data changed since {ckpt} was saved (fingerprint {saved} -> {fingerprint}: "
+            "the files under data.source, the tokenizer or the split differ)")
+    if not allow_change:
+        raise CheckpointError(f"{what}; set checkpoint.allow_data_change=true to continue anyway")
+    say(f"warning: {what}; continuing because checkpoint.allow_data_change=true")
+    return False
+
+
 def require_same_run(ckpt: Path, cfg, num_processes: int,
                      say: Callable[[str], None]) -> bool:
     """A resume continues the run it says it continues, or says why not, in one line.

@@ -114,12 +114,16 @@ class TrainBatches:
                 "blocks_done": self.step * self.B * self.world, "block_size": self.T,
                 "batch_size": self.B, "world_size": self.world, "tokens": len(self.tokens)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, same_data: bool = True) -> None:
         """Continue where ``state`` left off. With the same batch size and process count this
         is exact; with others, the epoch's order goes on from the first unread block (rounded
-        up to a whole step). The block size and token file must match: they define the order."""
-        for key, mine in (("block_size", self.T), ("tokens", len(self.tokens)),
-                          ("shuffle", self.shuffle)):
+        up to a whole step). The block size and token file must match: they define the order.
+        ``same_data=False`` (``checkpoint.allow_data_change``): the tokens may differ; the run
+        keeps its epoch and step, in the new data's order (nothing can be exact then)."""
+        checks = [("block_size", self.T), ("shuffle", self.shuffle)]
+        if same_data:
+            checks.append(("tokens", len(self.tokens)))
+        for key, mine in checks:
             saved = state.get(key, "randperm")  # 0.2 saved no shuffle: it was randperm
             if saved != mine:
                 hint = f" (set data.shuffle={saved})" if key == "shuffle" else ""
@@ -128,6 +132,8 @@ class TrainBatches:
         self.seed, self.epoch = state["seed"], state["epoch"]
         per_step = self.B * self.world
         self.step = -(-state["blocks_done"] // per_step)  # ceil: never repeat a block
+        if self.step >= self.steps_per_epoch() and not same_data:
+            self.epoch, self.step = self.epoch + 1, 0
 
 
 class EvalBlocks(Dataset):

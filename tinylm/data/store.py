@@ -25,6 +25,7 @@ datatrove's tasks (cluster.py) or a single loop all produce the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -257,7 +258,8 @@ def shard_paths(store: Path) -> list[Path]:
 
 
 def remove_stale(store: Path) -> None:
-    """Drop an old manifest before new units run: it must not vouch for other files."""
-    with_manifest = Path(store) / "manifest.json"
-    if with_manifest.exists():
-        os.unlink(with_manifest)
+    """Before new units run: drop an old manifest (it must not vouch for other files) and the
+    temporary files of writers that were killed (SIGKILL skips their clean-up)."""
+    for path in [Path(store) / "manifest.json", *Path(store).glob(".*.tmp")]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

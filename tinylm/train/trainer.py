@@ -24,26 +24,23 @@ from typing import Callable
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 
 from tinylm.checkpoint.checkpointer import Checkpointer
 from tinylm.checkpoint.format import resolve_resume
-from tinylm.checkpoint.init_from import init_from, init_model_config
-from tinylm.checkpoint.resume_state import require_same_run
-from tinylm.data.batches import EvalBlocks, TrainBatches
-from tinylm.data.prepare import prepare
+from tinylm.checkpoint.init_from import init_from
+from tinylm.checkpoint.resume_state import require_same_data, require_same_run
 from tinylm.distributed.parallel import (describe, is_sharded, make_plugin, strategy_line, unwrap,
                                          wrap)
 from tinylm.distributed.sync_check import SyncChecker, check_tied_sync
-from tinylm.eval.loss import EvalResult, Evaluator
+from tinylm.eval.loss import EvalResult
 from tinylm.eval.report import write_report
-from tinylm.eval.suite import TaskEvaluator
 from tinylm.model.config import GPTConfig
 from tinylm.model.gpt import GPT, materialize
 from tinylm.train.budget import TimeBudget
 from tinylm.train.config import TrainConfig, config_to_dict, save_config
 from tinylm.train.distill import load_teacher
 from tinylm.train.hardware import mfu
+from tinylm.train.inputs import build_inputs, eval_split, source_tokens
 from tinylm.train.metrics import RunLogger, plot_losses
 from tinylm.train.optim import build_optimizers
 from tinylm.train.rundir import LauncherWatch, RunDirError, claim_run_dir
@@ -91,6 +88,8 @@ class Trainer:
         rng = True
         if resume_from is not None:
             rng = require_same_run(resume_from, self.cfg, acc.num_processes, self.print)
+            self.same_data = require_same_data(resume_from, self.data.fingerprint,
+                                               c.allow_data_change, self.print)
             rng = rng and self._restores_rng(cfg)
             self.checkpointer.restore_weights(resume_from, self.raw_model, rng)
         else:
@@ -110,7 +109,7 @@ class Trainer:
         if resume_from is not None:
             self.state.load_state_dict(self.checkpointer.restore_state(
                 resume_from, self.model, self.optimizers, rng), self.tokens_per_step)
-            self.batches.load_state_dict(self.state.data)
+            self.batches.load_state_dict(self.state.data, self.same_data)
             self.print(f"resumed from {resume_from} at step {self.state.step}")
         if self.main:
             save_config(self.cfg, self.run_dir / "config.yaml")
@@ -138,26 +137,14 @@ class Trainer:
         return cfg.checkpoint.restore_rng
 
     def _build_data(self, cfg: TrainConfig) -> GPTConfig:
-        """Data (the main process prepares the tokenizer and token files while the others
-        wait), training batches and the evaluator. Returns the model's config: vocab_size from
-        the tokenizer, the architecture from ``init_from``'s checkpoint if there is one."""
-        acc = self.accelerator
-        self.data = prepare(cfg.data, accelerator=acc)
-        self.meta = self.data.meta
-        model_cfg = replace(cfg.model, vocab_size=self.meta["vocab_size"])
-        if cfg.checkpoint.init_from:  # the weights fix the architecture; the tokenizer must match
-            model_cfg = init_model_config(cfg.checkpoint.init_from, model_cfg.vocab_size)
-        self.cfg = replace(cfg, model=model_cfg)
-        o, T = cfg.optim, model_cfg.block_size
-        self.batches = TrainBatches(self.data.split("train"), T, o.batch_size,
-                                    rank=acc.process_index, world_size=acc.num_processes,
-                                    seed=cfg.seed, shuffle=cfg.data.shuffle)
-        self.tokens_per_step = o.batch_size * T * o.grad_accum * acc.num_processes
-        eval_loader = acc.prepare(DataLoader(EvalBlocks(self.data.split("val"), T),
-                                             batch_size=cfg.eval.batch_size, shuffle=False))
-        self.evaluator = Evaluator(eval_loader, cfg.eval, self.meta, acc)
-        self.tasks = TaskEvaluator(cfg.eval, self.data.tokenizer_path, acc, T, cfg.data.dir)
-        return model_cfg
+        """Data, training batches and evaluators (tinylm/train/inputs.py: one source or a
+        mixture). Returns the model's config: vocab_size from the tokenizer, the architecture
+        from ``init_from``'s checkpoint if there is one."""
+        i, acc, o = build_inputs(cfg, self.accelerator), self.accelerator, cfg.optim
+        self.data, self.meta, self.batches = i.data, i.data.meta, i.batches
+        self.evaluator, self.tasks, self.cfg = i.evaluator, i.tasks, replace(cfg, model=i.model_cfg)
+        self.tokens_per_step = o.batch_size * i.model_cfg.block_size * o.grad_accum * acc.num_processes
+        return i.model_cfg
 
     @staticmethod
     def _make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -312,7 +299,7 @@ class Trainer:
         if self.budget.seconds:  # the budget ends first, or the step cap
             eta = min(eta, max(self.budget.seconds - self.budget.used(), 0.0))
         record = {"kind": "train", "step": s.step, "tokens": s.tokens, **means,
-                  "tokens_per_s": tok_s, "eta_s": eta,
+                  "tokens_per_s": tok_s, "eta_s": eta, **source_tokens(self.batches),
                   **({"skipped_updates": self.spikes.skipped} if o.skip_spikes else {})}
         if torch.cuda.is_available():  # model FLOPs: a CPU has no meaningful peak, so no MFU there
             record["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -331,7 +318,7 @@ class Trainer:
         self.budget.eval_s_per_batch = (self.budget.clock() - t0) / batches
         if probe:
             return result
-        self.logger.log(Evaluator.record(self.state.step, result))
+        self.logger.log(self.evaluator.record(self.state.step, result))
         if self.hooks.after_eval:
             self.hooks.after_eval(self.model, result, self.state.step)
         return result
@@ -352,8 +339,7 @@ class Trainer:
             self.state.step, self.model, self.optimizers, config_to_dict(self.cfg),
             self.data.tokenizer_path,
             self.state.state_dict(),
-            {"data_dir": str(Path(self.data.dir).resolve()), "val_tokens": self.meta["val_tokens"],
-             "val_bytes": self.meta["val_bytes"]})
+            {**eval_split(self.data), "data_fingerprint": self.data.fingerprint})
         self.budget.save_s = self.budget.clock() - t0
         self.print(f"saved checkpoint {path}")
         return path
