@@ -3,6 +3,7 @@ midway reruns only its missing units and ends in the same store; one bar, one su
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -90,3 +91,51 @@ def test_a_worker_error_is_one_line_naming_the_file_and_byte(tmp_path: Path) -> 
     (good / "3.txt").write_bytes(b"fine text\n" * 100 + b"caf\xe9\n")
     with pytest.raises(Exception, match=r"3.txt: not valid UTF-8 at byte 1003$"):
         prepare(cfg(good, tmp_path / "d", workers=2, shard_bytes=30_000), progress=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 400 KiB filesystem (tmpfs; needs root, as CI and this machine have), or a skip."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)],
+                      capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_finished_shards_and_the_rerun_continues(big_text: Path,
+                                                                       tmp_path: Path,
+                                                                       small_disk: Path) -> None:
+    """~1.4 MB of text is ~0.8 MB of shards: the disk fills midway. One error line, exit 2;
+    every finished shard still verifies, no temporary is left; after the disk grows, the rerun
+    runs only the missing units and ends in the store a clean run writes."""
+    text = tmp_path / "corpus.txt"
+    text.write_text(big_text.read_text() * 4)
+    args = [sys.executable, "-m", "tinylm.cli", "prepare", f"data.source={text}",
+            f"data.dir={small_disk}", "data.vocab_size=400", "data.shard_bytes=50000",
+            "data.workers=2"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    full = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert full.returncode == 2 and len(errors) == 1, full.stderr[-3000:]
+    assert "No space left on device" in errors[0] and "Traceback" not in full.stderr
+    (store,) = small_disk.iterdir()
+    done = sorted(store.glob("train-*.json"))
+    assert done and not (store / "manifest.json").exists() and not list(store.glob(".*.tmp"))
+    for marker in done:
+        m = json.loads(marker.read_text())
+        shard = marker.with_suffix(".bin")
+        assert hashlib.sha256(shard.read_bytes()).hexdigest() == m["sha256"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in store.glob("train-*.bin") if
+              p.with_suffix(".json").exists()}
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True, timeout=30)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {n: (store / n).stat().st_mtime_ns for n in stamps} == stamps  # kept, not redone
+    clean = prepare(DataConfig(source=str(text), dir=str(tmp_path / "clean"), vocab_size=400,
+                               shard_bytes=50_000), progress=False)
+    assert json.loads((store / "manifest.json").read_text())["fingerprint"] == \
+        clean.meta["fingerprint"]
