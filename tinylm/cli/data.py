@@ -99,24 +99,14 @@ def run(args: argparse.Namespace) -> int:
         print("submitted; the seal job writes manifest.json when every unit is done (rerun "
               "the same command to resume: finished units and tasks are kept)")
         return 0
-    m = data.meta
-    per_token = (m["train_bytes"] + m["val_bytes"]) / max(m["train_tokens"] + m["val_tokens"], 1)
-    print(f"{data.dir}: vocab {m['vocab_size']} ({m['dtype']}), "
-          f"train {m['train_tokens']:,} tokens / {m['train_bytes']:,} bytes, "
-          f"val {m['val_tokens']:,} tokens / {m['val_bytes']:,} bytes, {per_token:.2f} bytes/token")
-    return 0
+    return 0  # prepare printed its summary line
 
 
 def _tokenizer(cfg, out: str) -> int:
-    from tinylm.data.corpus import DataError, document_texts, load_documents
-    from tinylm.data.tokenizer import Tokenizer
+    """The BPE ``prepare`` would train: on the same bounded sample of the same units."""
+    from tinylm.data.prepare import plan, train_tokenizer
 
-    rows = load_documents(cfg.source, hf_split=cfg.hf_split, hf_text_column=cfg.hf_text_column,
-                          hf_config=cfg.hf_config, data_dir=cfg.dir)
-    chars = [0]
-    tok = Tokenizer.train(document_texts(rows, chars), cfg.vocab_size, show_progress=True)
-    if chars[0] == 0:
-        raise DataError(f"{cfg.source}: the corpus is empty")
+    tok = train_tokenizer(cfg, plan(cfg)["train"], progress=True)
     tok.save(out)
     print(f"{out}: vocab {tok.vocab_size}, eot id {tok.eot_id}")
     return 0

@@ -8,8 +8,8 @@
    ``data.shard_bytes`` alone, never from the worker count;
 2. tokenizer: ``data.tokenizer`` if given, else a byte-level BPE trained on the whole corpus
    when it fits in ``data.tokenizer_sample`` characters, or on a sample of that size spread
-   over all units (each document cut at ``data.tokenizer_doc_chars``, as nanochat does), so
-   memory and time stay bounded for any corpus;
+   over all units (each document cut at ``data.tokenizer_doc_chars``, as nanochat does; a
+   text file's ~16 KB rows count as its documents), so memory and time stay bounded;
 3. units: tokenized by ``data.workers`` processes (one per core by default; not
    ``datasets.map(num_proc)``, whose fork turns off the tokenizer's threads), text streamed
    straight into shards; or by any ``run_units`` given (datatrove's executors, cluster.py);
@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -46,11 +47,32 @@ from tinylm.data.stream import TokenStream, check_store, split_stream
 from tinylm.data.tokenizer import Tokenizer
 from tinylm.data.units import SourceSpec, Unit, plan_units, unit_rows
 
-__all__ = ["DataConfig", "DataError", "PreparedData", "prepare"]
+__all__ = ["DataConfig", "DataError", "MixtureSource", "PreparedData", "prepare"]
 
 PREPARED_FORMAT = 2  # bump when the prepared layout changes, so old dirs are not reused
 MIN_UNIT_BYTES = 1 << 22  # units are never cut smaller than 4 MiB (unless shard_bytes is)
 MIN_UNITS = 16  # ...but a corpus gets >= 16 units when it can: work for 16 workers
+
+
+@dataclass
+class MixtureSource:
+    """One entry of ``data.mixture`` (tinylm/data/mixture.py): a source with its own store,
+    ``weight`` its share of the training rows; ``name`` keys its logs (default: the file stem
+    or last path part); the hf_* fields default to the data section's."""
+
+    source: str
+    weight: float
+    name: Optional[str] = None
+    hf_split: Optional[str] = None
+    hf_config: Optional[str] = None
+    hf_text_column: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        parts = [p for p in Path(self.source.removeprefix("hf://")).parts
+                 if not any(c in p for c in "*?[")]
+        name = self.name or (Path(parts[-1]).stem if parts else "corpus")
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 @dataclass
@@ -72,6 +94,9 @@ class DataConfig:
     tokenizer_doc_chars: int = 10_000  # a sampled document is cut here: no one text dominates
     max_tokens: Optional[int] = None  # take only the first N tokens of the source (streams!)
     shuffle: str = "feistel"  # block order: O(1) memory; "randperm" = 0.2's (resumes its runs)
+    # Several sources, each its own store, rows drawn by weight (mixture.py). When given,
+    # data.source and data.val_source are ignored: each source validates on its own tail.
+    mixture: list[MixtureSource] = field(default_factory=list)
 
     def __post_init__(self) -> None:  # OmegaConf.to_object runs this: bad values fail at load
         if self.shuffle not in ("feistel", "randperm"):
@@ -86,6 +111,14 @@ class DataConfig:
         for key in ("workers", "max_tokens"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise DataError(f"data.{key}={getattr(self, key)}: expected >= 1 or null")
+        self.mixture = [m if isinstance(m, MixtureSource) else MixtureSource(**m)
+                        for m in self.mixture]
+        names = [m.label for m in self.mixture]
+        for m in self.mixture:
+            if not (m.weight > 0 and math.isfinite(m.weight)):
+                raise DataError(f"data.mixture: source {m.source!r} has weight {m.weight}: expected > 0")
+            if names.count(m.label) > 1:
+                raise DataError(f"data.mixture: two sources are named {m.label!r}; give each a name")
 
     def spec(self, source: Optional[str] = None) -> SourceSpec:
         return SourceSpec(source or self.source, self.hf_split, self.hf_text_column,
@@ -156,6 +189,7 @@ _RUN_ONLY = ("dir", "tokenize_batch", "workers", "shuffle")  # how fast, not wha
 def prepared_key(cfg: DataConfig) -> str:
     """What makes a prepared dir reusable: every field that changes its bytes."""
     keys = {k: v for k, v in asdict(cfg).items() if k not in _RUN_ONLY}
+    keys.pop("mixture", None)  # a store is one source: a mixture's parts are prepared alone
     if cfg.val_source:
         keys.pop("val_fraction")
     given = given_tokenizer(cfg)
@@ -216,17 +250,16 @@ def plan(cfg: DataConfig) -> dict[str, list[Unit]]:
 def sample_texts(cfg: DataConfig, units: list[Unit], counter: list[int]) -> Iterator[list[str]]:
     """Batches of text for the tokenizer: all of it when the corpus fits in
     ``tokenizer_sample`` characters (an upper bound from its bytes), else an even share of
-    the sample from the start of each unit, each document cut at ``tokenizer_doc_chars``.
-    ``counter[0]`` counts the characters given."""
+    the sample from the start of each unit (units are spread over the whole corpus), each
+    document (a table row, or a ~16 KB row of a text file) cut at ``tokenizer_doc_chars`` so
+    no one long text dominates. ``counter[0]`` counts the characters given."""
     spec, total = cfg.spec(), sum(u.size for u in units)
     whole = 0 < total <= cfg.tokenizer_sample
     quota = cfg.tokenizer_sample if whole else cfg.tokenizer_sample // max(len(units), 1)
     for unit in units:
-        taken, doc, batch = 0, 0, []
-        for text, end in unit_rows(unit, spec):
-            if not whole:
-                text = text[: max(0, cfg.tokenizer_doc_chars - doc)]
-                doc = 0 if end else doc + len(text)
+        taken, batch = 0, []
+        for text, _ in unit_rows(unit, spec):
+            text = text if whole else text[: cfg.tokenizer_doc_chars]
             if text:
                 batch.append(text)
                 taken += len(text)
@@ -241,7 +274,7 @@ def sample_texts(cfg: DataConfig, units: list[Unit], counter: list[int]) -> Iter
             yield batch
 
 
-def _tokenizer_for(cfg: DataConfig, units: list[Unit], progress: bool) -> Tokenizer:
+def train_tokenizer(cfg: DataConfig, units: list[Unit], progress: bool) -> Tokenizer:
     """``data.tokenizer`` if one is given (it must be a byte-level BPE), else a BPE trained on
     the sample; an empty corpus is an error either way."""
     chars = [0]
@@ -277,7 +310,7 @@ def _plan_store(cfg: DataConfig, out: Path, key: str, progress: bool) -> int:
         except DataError:
             pass
     units = plan(cfg)
-    tok = _tokenizer_for(cfg, units["train"], progress)
+    tok = train_tokenizer(cfg, units["train"], progress)
     specs = {split: cfg.spec(src) for split, src in (("train", cfg.source), ("val", cfg.val_source))
              if split in units}
     sources = [{"split": split, "source": spec.source,
@@ -296,6 +329,8 @@ def _prepare(cfg: DataConfig, progress: bool, reuse_only: bool = False,
     key = prepared_key(cfg)
     out = prepared_dir(cfg, key)
     if (found := _reusable(out, key)) is not None:
+        if progress:
+            print(summary_line(found.meta, out))
         return found
     if reuse_only:
         raise DataError(f"{out}: no prepared data after the main process ran (on several "
@@ -323,13 +358,17 @@ def _local_runner(cfg: DataConfig, progress: bool) -> RunUnits:
     return run
 
 
-def summary_line(manifest: dict, out: Path, wall: float) -> str:
-    """One line: tokens, bytes/token, MB/s of text end to end (this run's part), wall."""
-    tokens = manifest["train_tokens"] + manifest["val_tokens"]
-    nbytes = manifest["train_bytes"] + manifest["val_bytes"]
-    return (f"prepared {out}: {tokens:,} tokens in {len(manifest['shards'])} shard(s), "
-            f"{nbytes / max(tokens, 1):.2f} bytes/token, {nbytes / 1e6 / max(wall, 1e-9):.2f} "
-            f"MB/s, {wall:.1f} s wall, fingerprint {manifest['fingerprint']}")
+def summary_line(manifest: dict, out: Path, wall: Optional[float] = None) -> str:
+    """One line: vocab, tokens, bytes/token, and (when it was prepared now, ``wall`` s) MB/s
+    of text end to end; a reused store says so instead."""
+    m = manifest
+    tokens, nbytes = m["train_tokens"] + m["val_tokens"], m["train_bytes"] + m["val_bytes"]
+    speed = (f", {nbytes / 1e6 / max(wall, 1e-9):.2f} MB/s, {wall:.1f} s wall"
+             if wall is not None else "")
+    return (f"{'prepared' if wall is not None else 'reused'} {out}: vocab {m['vocab_size']} "
+            f"({m['dtype']}), train {m['train_tokens']:,} tokens / {m['train_bytes']:,} bytes, "
+            f"val {m['val_tokens']:,} tokens, {len(m.get('shards', [])) or 2} shard(s), "
+            f"{nbytes / max(tokens, 1):.2f} bytes/token{speed}, fingerprint {m.get('fingerprint')}")
 
 
 def prepare(cfg: DataConfig, accelerator=None, *, progress: bool = True,
@@ -342,6 +381,8 @@ def prepare(cfg: DataConfig, accelerator=None, *, progress: bool = True,
     ``main_process_first()`` while the others wait, then they only reuse its output. An error
     in the main process is re-raised by every process after the barrier.
     """
+    if cfg.mixture:
+        raise DataError("data.mixture is set: prepare it with tinylm.data.mixture.prepare_mixture")
     if accelerator is None:
         return _prepare(cfg, progress, run_units=run_units)
     result, error = None, None

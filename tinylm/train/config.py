@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in ov:
             raise ConfigError(f"override '{ov}': expected key=value, e.g. model.n_layer=6")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([_flow(ov)]))
         except OmegaConfBaseException as e:
             raise _explain(e, schema, f"override '{ov}'") from None
     try:
@@ -138,11 +139,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         blame = str(path)
         for i, ov in enumerate(overrides if _is_valid(file_cfg_merged) else []):
             try:
-                _validated(OmegaConf.merge(file_cfg_merged, OmegaConf.from_dotlist(overrides[:i + 1])))
+                _validated(OmegaConf.merge(file_cfg_merged, OmegaConf.from_dotlist(
+                    [_flow(o) for o in overrides[:i + 1]])))
             except ConfigError:
                 blame = f"override '{ov}'"
                 break
         raise ConfigError(f"{blame}: {e}") from None
+
+
+def _flow(override: str) -> str:
+    """``data.mixture=[{source:a.txt,weight:0.7}]`` as YAML reads it: a space after each key
+    of a flow mapping (YAML takes ``source:a.txt`` for one key; ``hf://`` is left alone)."""
+    key, _, value = override.partition("=")
+    if not value.lstrip().startswith(("[", "{")):
+        return override
+    return f"{key}=" + re.sub(r"([{,]\s*)([A-Za-z_]\w*):(?!\s|//)", r"\1\2: ", value)
 
 
 def _validated(cfg: DictConfig) -> TrainConfig:

@@ -37,20 +37,31 @@ def format_seconds(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def _count(n: float) -> str:
+    """12345 -> "12.3k": a token count for the console."""
+    return next((f"{n / d:.1f}{u}" for d, u in ((1e9, "B"), (1e6, "M"), (1e3, "k")) if n >= d),
+                f"{n:.0f}")
+
+
 def train_line(step: int, max_steps: int, loss: float, lr: float, tok_s: float, eta_s: float,
                grad_norm: float | None = None, tflops: float | None = None,
-               mfu: float | None = None) -> str:
+               mfu: float | None = None, tokens_by_source: dict | None = None) -> str:
     gn = f" | gnorm {grad_norm:.2f}" if grad_norm is not None else ""
     speed = f" | {tflops:.1f} TFLOP/s" if tflops is not None else ""
     speed += f" | MFU {100 * mfu:.1f}%" if mfu is not None else ""
+    mix = (" | tokens " + ", ".join(f"{k} {_count(v)}" for k, v in tokens_by_source.items())
+           if tokens_by_source else "")  # a data mixture's tokens so far, per source
     return (f"step {step:>6}/{max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-            f"{tok_s / 1000:.1f}k tok/s{speed}{gn} | eta {format_seconds(eta_s)}")
+            f"{tok_s / 1000:.1f}k tok/s{speed}{gn}{mix} | eta {format_seconds(eta_s)}")
 
 
-def eval_line(step: int, loss: float, bits_per_byte: float, tokens: int) -> str:
+def eval_line(step: int, loss: float, bits_per_byte: float, tokens: int,
+              by_source: dict | None = None) -> str:
     ppl = math.exp(min(loss, 700.0))
+    mix = (" (" + ", ".join(f"{k} {v:.4f}" for k, v in by_source.items()) + ")"
+           if by_source else "")  # a data mixture's bits per byte, per source
     return (f"eval @ step {step}: val loss {loss:.4f} | ppl {ppl:.2f} | "
-            f"{bits_per_byte:.4f} bits/byte | {tokens} tokens")
+            f"{bits_per_byte:.4f} bits/byte{mix} | {tokens} tokens")
 
 
 def tasks_line(record: dict) -> str:
@@ -185,12 +196,15 @@ class RunLogger:
         if record["kind"] == "tasks":
             self.print(tasks_line(record))
         elif record["kind"] == "eval":
+            mix = {k.removeprefix("val_bits_per_byte_"): v for k, v in record.items()
+                   if k.startswith("val_bits_per_byte_")}
             self.print(eval_line(step, record["val_loss"], record["val_bits_per_byte"],
-                                 record["val_tokens"]))
+                                 record["val_tokens"], mix))
         else:
             self.print(train_line(step, self.max_steps, record["loss"], record["lr"],
                                   record["tokens_per_s"], record["eta_s"], record["grad_norm"],
-                                  record.get("tflops"), record.get("mfu")))
+                                  record.get("tflops"), record.get("mfu"),
+                                  record.get("tokens_by_source")))
         self.metrics.write(record)
         self.accelerator.log({k: v for k, v in record.items() if k not in ("kind", "step")},
                              step=step)
