@@ -41,7 +41,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
 from tinylm.data.corpus import python_docs_documents, text_file_rows  # noqa: E402
-from tinylm.data.prepare import DataConfig, plan, prepare, sample_texts  # noqa: E402
+from tinylm.data.plan import plan, sample_texts  # noqa: E402
+from tinylm.data.prepare import DataConfig, prepare  # noqa: E402
 from tinylm.data.tokenizer import Tokenizer  # noqa: E402
 
 Row = dict

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import corpus_text
 from tinylm.data.corpus import DataError, normalize
-from tinylm.data.prepare import DataConfig, plan, prepare, sample_texts
+from tinylm.data.plan import plan, sample_texts
+from tinylm.data.prepare import DataConfig, prepare
 from tinylm.data.units import SourceSpec, plan_units, unit_rows
 
 

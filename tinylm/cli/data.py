@@ -92,6 +92,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = data_config(args)
     if args.tokenizer_only:
         return _tokenizer(cfg, args.out)
+    if cfg.mixture:  # each source's store, one tokenizer (each prints its summary line)
+        from tinylm.data.mixture import prepare_mixture
+
+        if args.executor:
+            raise ValueError("--executor prepares one source: run it per source of data.mixture")
+        mixed = prepare_mixture(cfg)
+        print(f"mixture of {len(mixed.parts)} sources, fingerprint {mixed.fingerprint}")
+        return 0
     from tinylm.data.prepare import prepare
 
     data = prepare(cfg, run_units=_run_units(args))
@@ -104,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _tokenizer(cfg, out: str) -> int:
     """The BPE ``prepare`` would train: on the same bounded sample of the same units."""
-    from tinylm.data.prepare import plan, train_tokenizer
+    from tinylm.data.plan import plan, train_tokenizer
 
     tok = train_tokenizer(cfg, plan(cfg)["train"], progress=True)
     tok.save(out)

@@ -35,8 +35,9 @@ import torch
 
 from tinylm.data.batches import Tokens, load_tokens
 from tinylm.data.corpus import DataError, describe
-from tinylm.data.prepare import (PREPARED_FORMAT, DataConfig, MixtureSource, PreparedData,
-                                 plan, prepare, sample_texts)
+from tinylm.data.config import DataConfig, MixtureSource
+from tinylm.data.plan import plan, sample_texts
+from tinylm.data.prepare import PREPARED_FORMAT, PreparedData, prepare
 from tinylm.data.shuffle import _GOLDEN, FeistelPermutation, _mix64
 from tinylm.data.tokenizer import Tokenizer
 

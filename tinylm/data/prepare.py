@@ -30,99 +30,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tokenizers
 
+from tinylm.data.config import DataConfig, MixtureSource, given_tokenizer
 from tinylm.data.corpus import DataError, describe
+from tinylm.data.plan import plan, train_tokenizer
 from tinylm.data.pool import run_units_locally, tokenizer_threads
 from tinylm.data.store import read_plan, remove_stale, seal, write_plan
 from tinylm.data.stream import TokenStream, check_store, split_stream
 from tinylm.data.tokenizer import Tokenizer
-from tinylm.data.units import SourceSpec, Unit, plan_units, unit_rows
 
-__all__ = ["DataConfig", "DataError", "MixtureSource", "PreparedData", "prepare"]
+__all__ = ["DataConfig", "DataError", "MixtureSource", "PreparedData", "open_prepared", "prepare"]
 
 PREPARED_FORMAT = 2  # bump when the prepared layout changes, so old dirs are not reused
-MIN_UNIT_BYTES = 1 << 22  # units are never cut smaller than 4 MiB (unless shard_bytes is)
-MIN_UNITS = 16  # ...but a corpus gets >= 16 units when it can: work for 16 workers
-
-
-@dataclass
-class MixtureSource:
-    """One entry of ``data.mixture`` (tinylm/data/mixture.py): a source with its own store,
-    ``weight`` its share of the training rows; ``name`` keys its logs (default: the file stem
-    or last path part); the hf_* fields default to the data section's."""
-
-    source: str
-    weight: float
-    name: Optional[str] = None
-    hf_split: Optional[str] = None
-    hf_config: Optional[str] = None
-    hf_text_column: Optional[str] = None
-
-    @property
-    def label(self) -> str:
-        parts = [p for p in Path(self.source.removeprefix("hf://")).parts
-                 if not any(c in p for c in "*?[")]
-        name = self.name or (Path(parts[-1]).stem if parts else "corpus")
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-@dataclass
-class DataConfig:
-    source: str = "python-docs"  # offline English prose on every Python; or a path, glob, hf://name
-    hf_split: str = "train"  # the split nearly every dataset has (Hub and save_to_disk sources)
-    hf_text_column: str = "text"  # the column name most text datasets use
-    hf_config: Optional[str] = None  # Hub config name; None = the dataset's default
-    val_source: Optional[str] = None  # None = validate on the stream's tail: no 2nd corpus needed
-    val_fraction: float = 0.1  # nanoGPT's split: the last 10% of the token stream
-    vocab_size: int = 8192  # ~4 bytes/token on English, and a head a CPU model can afford
-    tokenizer: Optional[str] = None  # use this tokenizer (tokenizer.json, HF model dir, tinylm
-    # checkpoint) instead of training a BPE: fine-tuning or distilling an imported model needs its ids
-    dir: str = "data"  # root of prepared outputs (gitignored); one subdirectory per corpus+config
-    tokenize_batch: int = 256  # rows per encode_batch call: enough for its threads (measured)
-    workers: Optional[int] = None  # processes tokenizing units; None = one per core
-    shard_bytes: int = 400_000_000  # input per unit/shard: ~100M tokens at ~4 bytes/token
-    tokenizer_sample: int = 500_000_000  # characters the BPE trains on at most (nanochat: 2B)
-    tokenizer_doc_chars: int = 10_000  # a sampled document is cut here: no one text dominates
-    max_tokens: Optional[int] = None  # take only the first N tokens of the source (streams!)
-    shuffle: str = "feistel"  # block order: O(1) memory; "randperm" = 0.2's (resumes its runs)
-    # Several sources, each its own store, rows drawn by weight (mixture.py). When given,
-    # data.source and data.val_source are ignored: each source validates on its own tail.
-    mixture: list[MixtureSource] = field(default_factory=list)
-
-    def __post_init__(self) -> None:  # OmegaConf.to_object runs this: bad values fail at load
-        if self.shuffle not in ("feistel", "randperm"):
-            raise DataError(f"data.shuffle={self.shuffle!r}: expected 'feistel' or 'randperm'")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise DataError(f"data.val_fraction={self.val_fraction}: expected 0 <= value < 1")
-        if self.vocab_size < 257:
-            raise DataError(f"data.vocab_size={self.vocab_size}: a byte-level BPE needs >= 257")
-        for key in ("tokenize_batch", "shard_bytes", "tokenizer_sample", "tokenizer_doc_chars"):
-            if getattr(self, key) < 1:
-                raise DataError(f"data.{key}={getattr(self, key)}: expected >= 1")
-        for key in ("workers", "max_tokens"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise DataError(f"data.{key}={getattr(self, key)}: expected >= 1 or null")
-        self.mixture = [m if isinstance(m, MixtureSource) else MixtureSource(**m)
-                        for m in self.mixture]
-        names = [m.label for m in self.mixture]
-        for m in self.mixture:
-            if not (m.weight > 0 and math.isfinite(m.weight)):
-                raise DataError(f"data.mixture: source {m.source!r} has weight {m.weight}: expected > 0")
-            if names.count(m.label) > 1:
-                raise DataError(f"data.mixture: two sources are named {m.label!r}; give each a name")
-
-    def spec(self, source: Optional[str] = None) -> SourceSpec:
-        return SourceSpec(source or self.source, self.hf_split, self.hf_text_column,
-                          self.hf_config, self.dir)
 
 
 @dataclass
@@ -165,17 +92,6 @@ def open_prepared(store: str | Path) -> PreparedData:
             check_store(store, meta)
             return PreparedData(store, meta)
     raise DataError(f"{store}: no prepared data (no manifest.json); run tinylm prepare")
-
-
-def given_tokenizer(cfg: DataConfig) -> Optional[Path]:
-    """The tokenizer.json ``data.tokenizer`` names (a file, or a directory holding one)."""
-    if not cfg.tokenizer:
-        return None
-    path = Path(cfg.tokenizer)
-    path = path / "tokenizer.json" if path.is_dir() else path
-    if not path.is_file():
-        raise DataError(f"data.tokenizer={cfg.tokenizer}: no tokenizer.json there")
-    return path
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -225,74 +141,6 @@ def _reusable(out: Path, key: str) -> Optional[PreparedData]:
         return None
     check_store(out, meta)  # a damaged shard is an error, not a silent re-prepare
     return PreparedData(out, meta)
-
-
-# -- planning and the tokenizer --------------------------------------------------------------
-
-def unit_bytes(cfg: DataConfig, total: int) -> int:
-    """Input bytes per unit: ``shard_bytes``, cut so a corpus yields MIN_UNITS units when it
-    is big enough (so 16 workers have work), but never below MIN_UNIT_BYTES."""
-    return min(cfg.shard_bytes, max(MIN_UNIT_BYTES, -(-total // MIN_UNITS)))
-
-
-def plan(cfg: DataConfig) -> dict[str, list[Unit]]:
-    """The units of the source (and of ``val_source``), in stream order."""
-    out = {}
-    for split, source in (("train", cfg.source), ("val", cfg.val_source)):
-        if source:
-            coarse = plan_units(cfg.spec(source), cfg.shard_bytes)
-            total = sum(u.size for u in coarse)
-            size = unit_bytes(cfg, total)
-            out[split] = coarse if size == cfg.shard_bytes else plan_units(cfg.spec(source), size)
-    return out
-
-
-def sample_texts(cfg: DataConfig, units: list[Unit], counter: list[int]) -> Iterator[list[str]]:
-    """Batches of text for the tokenizer: all of it when the corpus fits in
-    ``tokenizer_sample`` characters (an upper bound from its bytes), else an even share of
-    the sample from the start of each unit (units are spread over the whole corpus), each
-    document (a table row, or a ~16 KB row of a text file) cut at ``tokenizer_doc_chars`` so
-    no one long text dominates. ``counter[0]`` counts the characters given."""
-    spec, total = cfg.spec(), sum(u.size for u in units)
-    whole = 0 < total <= cfg.tokenizer_sample
-    quota = cfg.tokenizer_sample if whole else cfg.tokenizer_sample // max(len(units), 1)
-    for unit in units:
-        taken, batch = 0, []
-        for text, _ in unit_rows(unit, spec):
-            text = text if whole else text[: cfg.tokenizer_doc_chars]
-            if text:
-                batch.append(text)
-                taken += len(text)
-            if len(batch) >= cfg.tokenize_batch:
-                counter[0] += sum(map(len, batch))
-                yield batch
-                batch = []
-            if not whole and taken >= quota:
-                break
-        if batch:
-            counter[0] += sum(map(len, batch))
-            yield batch
-
-
-def train_tokenizer(cfg: DataConfig, units: list[Unit], progress: bool) -> Tokenizer:
-    """``data.tokenizer`` if one is given (it must be a byte-level BPE), else a BPE trained on
-    the sample; an empty corpus is an error either way."""
-    chars = [0]
-    if (given := given_tokenizer(cfg)) is not None:
-        tok = Tokenizer.load(given)
-        if not tok.is_byte_level:
-            raise DataError(f"data.tokenizer={cfg.tokenizer}: not a byte-level BPE: its ids "
-                            "don't map to exact bytes, so bits per byte would be wrong")
-        for _ in sample_texts(cfg, units[:1], chars):  # is there any text at all?
-            if chars[0]:
-                break
-    else:
-        tok = Tokenizer.train(sample_texts(cfg, units, chars), cfg.vocab_size,
-                              show_progress=progress)
-    if chars[0] == 0:
-        raise DataError(f"data.source={cfg.source!r}: the corpus is empty "
-                        f"(0 characters of text in {len(units)} unit(s))")
-    return tok
 
 
 # -- prepare -----------------------------------------------------------------------------------
