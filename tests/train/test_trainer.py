@@ -93,20 +93,25 @@ def test_eval_uses_the_very_module_being_trained(tmp_path, corpus):
     assert score(snapshots[9]) != pytest.approx(result.loss, rel=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, corpus, optimizer):
-    run(tmp_path / "a", corpus, **{"optim.max_steps": 20, "optim.name": optimizer})
+@pytest.mark.parametrize("optimizer, shards", [("adamw", 1), ("muon", 1), ("adamw", 9)])
+def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, corpus, optimizer, shards):
+    """Also on a store of 9+ shards (data.shard_bytes): batches cross shard boundaries."""
+    sharded = {"data.shard_bytes": 150_000 // shards + 1} if shards > 1 else {}
+    run(tmp_path / "a", corpus, **{"optim.max_steps": 20, "optim.name": optimizer, **sharded})
+    if shards > 1:
+        (store,) = (tmp_path / "a" / "data").glob("*/manifest.json")
+        assert len(json.loads(store.read_text())["shards"]) >= shards
 
     def stop_at_10(model, step):
         if step == 10:
             os.kill(os.getpid(), signal.SIGTERM)
 
     summary, _ = run(tmp_path / "b", corpus, TrainHooks(after_step=stop_at_10),
-                     **{"optim.max_steps": 20, "optim.name": optimizer})
+                     **{"optim.max_steps": 20, "optim.name": optimizer, **sharded})
     assert summary["stopped_by"] == "SIGTERM" and summary["step"] == 10
     AcceleratorState._reset_state(reset_partial_state=True)
     summary, _ = run(tmp_path / "b", corpus, **{"optim.max_steps": 20, "checkpoint.resume": "auto",
-                                                "optim.name": optimizer})
+                                                "optim.name": optimizer, **sharded})
     assert summary["step"] == 20
     assert_bitwise_equal(tmp_path / "a" / "run", tmp_path / "b" / "run", 20)
 

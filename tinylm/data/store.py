@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Callable, Iterable, Optional
 
@@ -100,11 +101,15 @@ def encode_rows(rows: Iterable[tuple[str, bool]], tok: Tokenizer, dtype: np.dtyp
                 max_tokens: Optional[int] = None) -> dict:
     """Encode ``(text, doc_end)`` rows into ``f`` as ``dtype`` ids, end-of-text after each
     non-empty document; stop after ``max_tokens``. Returns tokens, bytes of text (per token,
-    from the byte-level vocabulary), documents and the sha256 of what was written."""
+    from the byte-level vocabulary), documents and the sha256 of what was written.
+
+    Pipelined: batch k+1 is read and encoded (Rust, without the GIL) while batch k is
+    flattened, counted, hashed and written, so that Python work is off the critical path
+    (it was ~7% of a unit's time when it ran in between)."""
     token_bytes, eot = tok.token_bytes(), tok.eot_id
     digest, stats = hashlib.sha256(), {"tokens": 0, "bytes": 0, "documents": 0}
-    for texts, ends in _batches(rows, batch_rows):
-        ids = tok.encode_batch(texts)
+
+    def write(ids: list[list[int]], texts: list[str], ends: list[bool]) -> bool:
         for x, t, end in zip(ids, texts, ends):
             if end and t:
                 x.append(eot)
@@ -120,8 +125,18 @@ def encode_rows(rows: Iterable[tuple[str, bool]], tok: Tokenizer, dtype: np.dtyp
         stats["documents"] += int(np.count_nonzero(flat == eot))
         if progress is not None:
             progress(stats["bytes"])
-        if max_tokens is not None and stats["tokens"] >= max_tokens:
-            break
+        return max_tokens is not None and stats["tokens"] >= max_tokens
+
+    with ThreadPoolExecutor(1) as encoder:
+        pending = None
+        for texts, ends in _batches(rows, batch_rows):
+            job = (encoder.submit(tok.encode_batch, texts), texts, ends)
+            if pending is not None and write(pending[0].result(), *pending[1:]):
+                pending = None
+                break
+            pending = job
+        if pending is not None:
+            write(pending[0].result(), *pending[1:])
     return {**stats, "sha256": digest.hexdigest()}
 
 
