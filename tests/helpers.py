@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -102,3 +103,19 @@ def launch(tmp_path, corpus, *hook_args, **overrides):
     out = proc.stdout + proc.stderr
     assert world_size(out) == 2, failure_excerpt(out)
     return proc, out, results(proc.stdout)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A real filesystem of ``size`` (tmpfs: needs root, as CI and this machine have) mounted
+    at ``path``, or a pytest skip where it cannot be mounted."""
+    import pytest
+
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                      capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)

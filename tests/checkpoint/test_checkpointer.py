@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, accelerate_2proc, env, tiny_overrides, world_size, write_corpus
+from helpers import (REPO, accelerate_2proc, env, small_tmpfs, tiny_overrides, world_size,
+                     write_corpus)
 
 from tinylm.checkpoint.checkpointer import Checkpointer
 from tinylm.checkpoint.manifest import problems
@@ -97,14 +98,9 @@ def test_an_incomplete_step_dir_is_skipped_or_refused_with_a_message(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 3 MiB filesystem (tmpfs; needs root, as CI and this machine have), or a skip."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
-                      capture_output=True, timeout=30).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root?)")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+    """A real 3 MiB filesystem (helpers.small_tmpfs), or a skip."""
+    with small_tmpfs(tmp_path / "disk", "3m") as disk:
+        yield disk
 
 
 @pytest.mark.parametrize("processes", [1, 2])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import corpus_text
+from helpers import small_tmpfs
 from tinylm.data.prepare import DataConfig, prepare, prepared_dir
 
 
@@ -95,14 +96,9 @@ def test_a_worker_error_is_one_line_naming_the_file_and_byte(tmp_path: Path) -> 
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    """A real 400 KiB filesystem (tmpfs; needs root, as CI and this machine have), or a skip."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)],
-                      capture_output=True, timeout=30).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root?)")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+    """A real 400 KiB filesystem (helpers.small_tmpfs), or a skip."""
+    with small_tmpfs(tmp_path / "disk", "400k") as disk:
+        yield disk
 
 
 @pytest.mark.slow

@@ -267,11 +267,6 @@ def seal(store: Path, max_tokens: Optional[int] = None) -> dict:
     return manifest
 
 
-def shard_paths(store: Path) -> list[Path]:
-    """Every shard file a plan names (what a clean-up or a checksum pass walks)."""
-    return [Path(store) / e["shard"] for e in read_plan(store)["units"]]
-
-
 def remove_stale(store: Path) -> None:
     """Before new units run: drop an old manifest (it must not vouch for other files) and the
     temporary files of writers that were killed (SIGKILL skips their clean-up)."""
