@@ -6,6 +6,9 @@
 --fault-*: after the gradients are reduced at step N, rank R perturbs its tied gradient (its
 shard of it, under FSDP2) by a tiny amount (K=perturb), as a rank-local bug would, or drops
 it (K=drop: its rows would never be updated, pytorch #176076); the sync check must catch it.
+K=hang: rank R sleeps there for 10 minutes, as a hung rank would (parallel.timeout_s must
+name it); K=nan: rank R's tied weight turns NaN just before step N, on that rank only (every
+rank must stop before step N's update).
 --stop-step: every rank sends itself SIGTERM after step N (a preemption).
 Prints "RESULT <json>" on each rank: the summary, or the error's type and message.
 """
@@ -15,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import torch
 
@@ -34,7 +38,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--fault-rank", type=int, default=-1)
     p.add_argument("--fault-step", type=int, default=-1)
-    p.add_argument("--fault-kind", choices=["perturb", "drop"], default="perturb")
+    p.add_argument("--fault-kind", choices=["perturb", "drop", "hang", "nan"], default="perturb")
     p.add_argument("--stop-step", type=int, default=-1)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
@@ -44,6 +48,11 @@ def main() -> None:
     def after_backward(model, step):
         if rank == args.fault_rank and step == args.fault_step:
             weight = (model.module if hasattr(model, "module") else model).embed_tokens.weight
+            if args.fault_kind == "hang":
+                time.sleep(600)
+                return
+            if args.fault_kind == "nan":
+                return  # poisoned in after_step, before this step's forward
             if args.fault_kind == "drop":
                 weight.grad = None
                 return
@@ -51,7 +60,10 @@ def main() -> None:
             with torch.no_grad():
                 grad[0, 0] += 1e-6
 
-    def after_step(model, step):
+    def after_step(model, step):  # step: the steps done, so step N comes next
+        if rank == args.fault_rank and step == args.fault_step and args.fault_kind == "nan":
+            with torch.no_grad():
+                (model.module if hasattr(model, "module") else model).embed_tokens.weight.fill_(float("nan"))
         if step == args.stop_step:
             os.kill(os.getpid(), signal.SIGTERM)
 

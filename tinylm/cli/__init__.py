@@ -51,12 +51,13 @@ def _errors() -> list[tuple[tuple[type, ...], int, bool]]:
     from tinylm.data.tokenizer import TokenizerMismatchError
     from tinylm.distributed.parallel import ParallelError
     from tinylm.distributed.sync_check import TiedSyncError
+    from tinylm.distributed.timeout import RankTimeout
     from tinylm.sharing.tying import TieError
     from tinylm.train.config import ConfigError
     from tinylm.train.rundir import RunDirError
     from tinylm.train.step import TrainingDiverged
 
-    return [((TrainingDiverged, TiedSyncError, TieError), 1, True),
+    return [((TrainingDiverged, TiedSyncError, TieError, RankTimeout), 1, True),
             ((ConfigError, DataError, CheckpointError, TokenizerMismatchError, RunDirError,
               ParallelError, ValueError, OSError), 2, False)]
 

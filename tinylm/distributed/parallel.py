@@ -48,12 +48,17 @@ class ParallelConfig:
     strategy: str = "ddp"  # "ddp": each process a full replica; "fsdp2": each process a shard
     dp_replicate: int = 1  # fsdp2 only: replica groups (HSDP); 1 = shard across all processes
     reshard_after_forward: bool = True  # fsdp2: free gathered weights after forward (ZeRO-3 memory)
+    # A collective that waits this long for a rank stops the run, naming the rank (timeout.py):
+    # long enough for a slow checkpoint save or eval on one rank, far shorter than gloo's 30 min.
+    timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"parallel.strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
         if self.dp_replicate < 1:
             raise ValueError(f"parallel.dp_replicate={self.dp_replicate}: expected >= 1")
+        if not self.timeout_s > 0:
+            raise ValueError(f"parallel.timeout_s={self.timeout_s}: expected seconds > 0")
 
 
 def accelerate_wraps(cfg: ParallelConfig, num_processes: int) -> bool:

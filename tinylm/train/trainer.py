@@ -32,6 +32,7 @@ from tinylm.checkpoint.resume_state import require_same_data, require_same_run
 from tinylm.distributed.parallel import (describe, is_sharded, make_plugin, strategy_line, unwrap,
                                          wrap)
 from tinylm.distributed.sync_check import SyncChecker, check_tied_sync
+from tinylm.distributed.timeout import is_collective_timeout, process_group_kwargs, rank_timeout
 from tinylm.eval.loss import EvalResult
 from tinylm.eval.report import write_report
 from tinylm.model.config import GPTConfig
@@ -164,6 +165,7 @@ class Trainer:
             log_with="wandb" if cfg.log.wandb != "disabled" else None,
             project_dir=str(cfg.run_dir),
             dynamo_backend="inductor" if cfg.optim.compile else "no",
+            kwargs_handlers=[process_group_kwargs(cfg.parallel.timeout_s)],
         )
         strategy = strategy_line(cfg.parallel, acc)
         threads = f", {torch.get_num_threads()} thread(s) each" if acc.device.type == "cpu" else ""
@@ -270,8 +272,8 @@ class Trainer:
                     if self.checkpointer.due(s.step, o.max_steps, used):
                         self.checkpointer.saved_at_s = used
                         self._save()
-        except BaseException:
-            self.accelerator.end_training()  # release the process group, or the exit may abort
+        except BaseException as e:
+            self._release_on_error(e)
             raise
         if stop.signum is not None:
             self.print(f"received signal {signal.Signals(stop.signum).name}: saving a "
@@ -281,6 +283,16 @@ class Trainer:
             self.tasks.maybe_run(self.model, s.step, o.max_steps, self.logger.log, final=True)
         checkpoint = self._save()
         return self._finish(stop.signum, checkpoint, last_eval)
+
+    def _release_on_error(self, e: BaseException) -> None:
+        """Release the process group, or the exit may abort. A collective that timed out
+        becomes a :class:`RankTimeout` naming the ranks that stopped answering."""
+        if self.accelerator.num_processes > 1 and is_collective_timeout(e):
+            error = rank_timeout(self.cfg.parallel.timeout_s, self.state.step,
+                                 self.checkpointer.latest())
+            self.accelerator.end_training()
+            raise error from None
+        self.accelerator.end_training()
 
     def _qat(self, progress: float) -> None:
         """From ``optim.qat_from`` of the run on, the blocks train through their quantized
