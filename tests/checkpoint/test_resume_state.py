@@ -5,6 +5,7 @@ and the data fingerprint a resume must match."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -88,6 +89,8 @@ def test_a_resume_after_the_data_changed_is_refused_unless_allowed(tmp_path, pro
     step4 = tmp_path / "run" / "checkpoints" / "step-4"
     saved = json.loads((step4 / "config.json").read_text())["data_fingerprint"]
     assert len(saved) == 16
+    os.utime(corpus, (1e9, 1e9))  # touched: re-prepared, but the same tokens, so it resumes
+    assert run(**{"optim.max_steps": 6, "checkpoint.resume": step4})["step"] == 6
     with corpus.open("a") as f:
         f.write("A paragraph that was not there when step 4 was saved.\n")
     with pytest.raises(CheckpointError, match=rf"the data changed since .*step-4 was saved "

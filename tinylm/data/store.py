@@ -14,7 +14,9 @@ and once sealed, ``manifest.json`` (atomically, last): dtype, vocab, the tokeniz
 sources and their fingerprints, every shard (tokens, bytes, sha256), and the splits as token
 ranges of shards. The validation split taken from the tail of the source (nanoGPT's
 ``val_fraction``) is a range of the last shard(s), not a copy. ``fingerprint`` is a hash of
-the manifest's content: checkpoints record it, so a resume against changed data is refused.
+what training reads (dtype, tokenizer, every shard's sha256, the splits), not of where the text
+came from: checkpoints record it, so a resume against changed tokens is refused, while a copied,
+moved or touched corpus that gives the same tokens resumes.
 
 Every unit is independent and idempotent: ``tokenize_unit`` writes its shard under a temporary
 name, renames it, then writes its marker; a finished unit is skipped. A preparation killed at
@@ -254,7 +256,8 @@ def seal(store: Path, max_tokens: Optional[int] = None) -> dict:
         "shards": [{k: markers[s][k] for k in ("shard", "tokens", "bytes", "documents", "sha256")}
                    for s in used],
         "splits": splits}
-    fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+    trained_on = {k: v for k, v in content.items() if k not in ("format", "sources")}
+    fingerprint = hashlib.sha256(json.dumps(trained_on, sort_keys=True).encode()).hexdigest()[:16]
     manifest = {**content, "fingerprint": fingerprint, "key": plan["key"],
                 "source": plan["source"], "val_source": plan["val_source"],
                 "val_fraction": None if shards["val"] else plan["val_fraction"],
