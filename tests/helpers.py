@@ -56,9 +56,11 @@ def quiet_env(tmp: Path) -> dict:
     return {**env(tmp), "OMP_NUM_THREADS": "1"}
 
 
-def accelerate_2proc(script: Path, args: list[str], tmp: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def accelerate_2proc(script: Path, args: list[str], tmp: Path, timeout: int = 300,
+                     launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``accelerate launch`` (with ``launcher`` flags, e.g. --max_restarts 1) of 2 gloo ranks."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
-           "--main_process_port", str(free_port()), str(script), *args]
+           "--main_process_port", str(free_port()), *launcher, str(script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env(tmp), timeout=timeout, cwd=REPO)
 
 
@@ -97,9 +99,9 @@ def finished(proc, out: str, res: list[dict]) -> bool:
     return aborted_at_exit
 
 
-def launch(tmp_path, corpus, *hook_args, **overrides):
+def launch(tmp_path, corpus, *hook_args, launcher: tuple[str, ...] = (), **overrides):
     args = [*hook_args, "configs/tiny.yaml", *tiny_overrides(tmp_path, corpus, **overrides)]
-    proc = accelerate_2proc(HOOKS, args, tmp_path)
+    proc = accelerate_2proc(HOOKS, args, tmp_path, launcher=launcher)
     out = proc.stdout + proc.stderr
     assert world_size(out) == 2, failure_excerpt(out)
     return proc, out, results(proc.stdout)

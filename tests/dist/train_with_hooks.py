@@ -8,7 +8,8 @@ shard of it, under FSDP2) by a tiny amount (K=perturb), as a rank-local bug woul
 it (K=drop: its rows would never be updated, pytorch #176076); the sync check must catch it.
 K=hang: rank R sleeps there for 10 minutes, as a hung rank would (parallel.timeout_s must
 name it); K=nan: rank R's tied weight turns NaN just before step N, on that rank only (every
-rank must stop before step N's update).
+rank must stop before step N's update); K=kill: rank R SIGKILLs itself after step N, in
+the launch's first attempt only (TORCHELASTIC_RESTART_COUNT=0: a restarted group trains on).
 --stop-step: every rank sends itself SIGTERM after step N (a preemption).
 Prints "RESULT <json>" on each rank: the summary, or the error's type and message.
 """
@@ -38,7 +39,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--fault-rank", type=int, default=-1)
     p.add_argument("--fault-step", type=int, default=-1)
-    p.add_argument("--fault-kind", choices=["perturb", "drop", "hang", "nan"], default="perturb")
+    p.add_argument("--fault-kind", choices=["perturb", "drop", "hang", "nan", "kill"], default="perturb")
     p.add_argument("--stop-step", type=int, default=-1)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
@@ -51,7 +52,7 @@ def main() -> None:
             if args.fault_kind == "hang":
                 time.sleep(600)
                 return
-            if args.fault_kind == "nan":
+            if args.fault_kind in ("nan", "kill"):
                 return  # poisoned in after_step, before this step's forward
             if args.fault_kind == "drop":
                 weight.grad = None
@@ -64,6 +65,10 @@ def main() -> None:
         if rank == args.fault_rank and step == args.fault_step and args.fault_kind == "nan":
             with torch.no_grad():
                 (model.module if hasattr(model, "module") else model).embed_tokens.weight.fill_(float("nan"))
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if rank == args.fault_rank and step == args.fault_step and args.fault_kind == "kill" \
+                and first_attempt:
+            os.kill(os.getpid(), signal.SIGKILL)
         if step == args.stop_step:
             os.kill(os.getpid(), signal.SIGTERM)
 

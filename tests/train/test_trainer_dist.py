@@ -86,6 +86,26 @@ def test_two_process_resume_equals_uninterrupted(tmp_path, corpus):
         assert torch.equal(wa[name], wb[name]), name
 
 
+def test_a_killed_rank_restarts_the_group_and_ends_bitwise(tmp_path, corpus):
+    """accelerate launch --max_restarts 1 (torchrun's --max-restarts): rank 1 is SIGKILLed
+    after step 12; the launcher restarts both ranks, which resume step 10's checkpoint
+    (checkpoint.resume=auto) and end on the weights of a run never interrupted."""
+    steps = {"optim.max_steps": 20, "checkpoint.interval": 5, "checkpoint.resume": "auto",
+             "parallel.timeout_s": 30}  # a restarted group that can't connect fails in 30 s
+    a, out_a, res_a = launch(tmp_path / "a", corpus, **steps)
+    assert finished(a, out_a, res_a), failure_excerpt(out_a)
+    b, out_b, res_b = launch(tmp_path / "b", corpus, "--fault-rank", "1", "--fault-step", "12",
+                             "--fault-kind", "kill", launcher=("--max_restarts", "1"), **steps)
+    assert b.returncode == 0, failure_excerpt(out_b)  # the restarted group finished
+    assert "(exitcode: -9)" in out_b and out_b.count("tinylm: 2 process(es)") == 2, out_b[-3000:]
+    assert "resumed from" in out_b and "step-10 at step 10" in out_b, failure_excerpt(out_b)
+    assert sorted(r["step"] for r in res_b if r["ok"]) == [20, 20]
+    wa, _ = ckpt.read_weights(tmp_path / "a" / "run" / "checkpoints" / "step-20" / ckpt.MODEL_FILE)
+    wb, _ = ckpt.read_weights(tmp_path / "b" / "run" / "checkpoints" / "step-20" / ckpt.MODEL_FILE)
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
 def test_two_nodes_on_localhost(tmp_path, corpus):
     """The multi-node path for real: two launches with --num_machines 2, machine ranks 0 and 1."""
     port = free_port()

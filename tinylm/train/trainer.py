@@ -31,6 +31,7 @@ from tinylm.checkpoint.init_from import init_from
 from tinylm.checkpoint.resume_state import require_same_data, require_same_run
 from tinylm.distributed.parallel import (describe, is_sharded, make_plugin, strategy_line, unwrap,
                                          wrap)
+from tinylm.distributed.restart import init_restarted_group
 from tinylm.distributed.sync_check import SyncChecker, check_tied_sync
 from tinylm.distributed.timeout import is_collective_timeout, process_group_kwargs, rank_timeout
 from tinylm.eval.loss import EvalResult
@@ -155,6 +156,7 @@ class Trainer:
             torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // local))
         vocab = replace(cfg.model, vocab_size=cfg.data.vocab_size)  # the tokenizer's, about
         precision, why = choose_precision(cfg.optim.mixed_precision, vocab, cfg.optim, world)
+        init_restarted_group(cfg.parallel.timeout_s)  # a restart: not on the dead group's keys
         acc = Accelerator(
             # Without CUDA, say so: a MULTI_GPU launch config with use_cpu then really gives N
             # gloo ranks instead of N independent single-process runs (environment notes).
