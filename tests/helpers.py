@@ -9,7 +9,6 @@ import re
 import socket
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 from pydoc_data.topics import topics
@@ -85,18 +84,9 @@ def results(out: str) -> list[dict]:
 
 
 def finished(proc, out: str, res: list[dict]) -> bool:
-    """Every rank finished its run and reported it. A launcher exit status of 1 is tolerated
-    only when a rank was killed by SIGABRT AFTER both reported success: torch/gloo's
-    "terminate called without an active exception" at interpreter exit (environment notes),
-    seen in ~1% of 2-process launches here; the run's results are all on disk by then, and
-    every assertion about them still runs. Any other failure fails the test."""
-    ok = len(res) == 2 and all(r["ok"] for r in res)
-    if proc.returncode == 0 or not ok:
-        return ok and proc.returncode == 0
-    aborted_at_exit = "Signal 6 (SIGABRT)" in out
-    if aborted_at_exit:
-        warnings.warn("a rank aborted at interpreter exit after both finished (gloo teardown)")
-    return aborted_at_exit
+    """Every rank finished its run and reported it, and the launcher exited 0. (No tolerance
+    for a rank aborted at exit any more: train/rundir.py's exit_rank removed the cause.)"""
+    return len(res) == 2 and all(r["ok"] for r in res) and proc.returncode == 0
 
 
 def launch(tmp_path, corpus, *hook_args, launcher: tuple[str, ...] = (), **overrides):

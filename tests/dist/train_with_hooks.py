@@ -24,6 +24,7 @@ import time
 import torch
 
 from tinylm.train.config import load_config
+from tinylm.train.rundir import exit_rank
 from tinylm.train.state import TrainHooks
 from tinylm.train.trainer import train
 
@@ -76,9 +77,11 @@ def main() -> None:
         summary = train(load_config(args.config, args.overrides),
                         TrainHooks(after_backward=after_backward, after_step=after_step))
         report({"rank": rank, "ok": True, **summary})
+        exit_rank(0)  # as `tinylm train` ends a rank (train/rundir.py says why)
     except Exception as e:  # report, don't crash: the test reads each rank's outcome
         report({"rank": rank, "ok": False, "error": type(e).__name__,
                                       "message": str(e)})
+        exit_rank(3)
         sys.exit(3)
 
 

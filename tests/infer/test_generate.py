@@ -289,3 +289,17 @@ def test_script_reads_stdin_and_reports_errors_in_one_line(ckpt, monkeypatch, ca
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.startswith("error: ") and msg in captured.err
         assert captured.err.count("\n") == 1
+
+
+def test_an_empty_prompt_samples_unconditionally_and_says_so(ckpt, monkeypatch, capsys):
+    """--prompt "" (or an empty stdin) starts after an end-of-text token, with a note on stderr."""
+    main = runpy.run_path(str(SCRIPT), run_name="generate_script")["main"]
+    model, tok, _ = load_for_inference(ckpt)
+    assert main([str(ckpt), "--prompt", "", "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    out = capsys.readouterr()
+    assert out.out == generate(model, tok, [""], 5, temperature=0)[0] + "\n"
+    assert out.err == ("note: the prompt is empty: sampling unconditionally (from an end-of-text "
+                       "token, as a new document starts)\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main([str(ckpt), "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    assert "note: the prompt is empty" in capsys.readouterr().err

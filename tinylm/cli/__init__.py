@@ -44,8 +44,9 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _errors() -> list[tuple[tuple[type, ...], int, bool]]:
-    """(exception types, exit status, whether the line names the type)."""
+def _errors() -> list[tuple[tuple[type, ...], int, bool, bool]]:
+    """(exception types, exit status, whether the line names the type, whether every rank of a
+    multi-process run raises it alike: from the same inputs, or agreed by a collective)."""
     from tinylm.checkpoint.format import CheckpointError
     from tinylm.data.corpus import DataError
     from tinylm.data.tokenizer import TokenizerMismatchError
@@ -57,18 +58,24 @@ def _errors() -> list[tuple[tuple[type, ...], int, bool]]:
     from tinylm.train.rundir import RunDirError
     from tinylm.train.step import TrainingDiverged
 
-    return [((TrainingDiverged, TiedSyncError, TieError, RankTimeout), 1, True),
-            ((ConfigError, DataError, CheckpointError, TokenizerMismatchError, RunDirError,
-              ParallelError, ValueError, OSError), 2, False)]
+    return [((TrainingDiverged, TiedSyncError, TieError), 1, True, True),
+            ((RankTimeout,), 1, True, False),
+            ((ConfigError, DataError, CheckpointError, TokenizerMismatchError, RunDirError),
+             2, False, True),
+            ((ParallelError, ValueError, OSError), 2, False, False)]
 
 
 def error_exit(e: BaseException, show: bool = True) -> int | None:
-    """The exit status for ``e`` (after printing its one line), or None if it is a bug."""
-    for types, status, named in _errors():
+    """The exit status for ``e`` (after printing its one line), or None if it is a bug. In a
+    multi-process run an error every rank raises alike is printed once, by rank 0; any other
+    names the rank that raised it."""
+    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    for types, status, named, agreed in _errors():
         if isinstance(e, types):
-            if show:
+            if show and not (rank and agreed):
                 text = str(e).splitlines()[0] if str(e) else type(e).__name__
-                print(f"error: {type(e).__name__ + ': ' if named else ''}{text}", file=sys.stderr)
+                where = f"rank {rank}: " if rank else ""
+                print(f"error: {where}{type(e).__name__ + ': ' if named else ''}{text}", file=sys.stderr)
             return status
     return None
 
@@ -92,9 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from workers
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return args.run(args)
+        status = args.run(args)
     except Exception as e:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
         status = error_exit(e, show=not getattr(args, "quiet_errors", False))
         if status is None:
             raise
-        return status
+    if getattr(args, "exit_rank", False):
+        from tinylm.train.rundir import exit_rank
+
+        exit_rank(status)  # returns only in a single-process run
+    return status

@@ -9,7 +9,9 @@ one prompt, --prompt-file F adds the whole file as one more; with neither, stdin
 prompt. Several prompts are sampled together as one batch: the first streams live, the others
 print when the batch is done, each after a separator line. Every sample is printed as prompt
 + continuation. --temperature 0 is greedy. A prompt longer than the model's context is cropped
-from the left, with a warning on stderr.
+from the left, with a warning on stderr. An empty prompt (``--prompt ""``, empty stdin) samples
+unconditionally: the model starts after an end-of-text token, as at the start of a new document
+(nanoGPT's ``<|endoftext|>`` start); stderr says so, since an empty stdin is easy to pass by mistake.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"--prompt-file {args.prompt_file}: {e}") from None
     if not prompts:
         prompts.append(sys.stdin.read())
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            which = f"prompt {i + 1}" if len(prompts) > 1 else "the prompt"
+            print(f"note: {which} is empty: sampling unconditionally (from an end-of-text token, "
+                  "as a new document starts)", file=sys.stderr)
     return prompts
 
 

@@ -28,6 +28,7 @@ def split_config(items: list[str]) -> tuple[str | None, list[str]]:
 
 def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
     add_config_arguments(p)
+    p.set_defaults(exit_rank=True)  # several ranks: end without finalization (train/rundir.py)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@
   started by a launcher checks every step that its parent is still the launcher, and stops.
 - :func:`require_writable`: a directory the run will write to, checked before the long work.
 - :func:`launch_time`: when the run was launched, which a time budget counts from.
+- :func:`exit_rank`: how a rank of a multi-process run ends, without interpreter finalization.
 """
 
 from __future__ import annotations
@@ -130,3 +131,27 @@ def claim_run_dir(run_dir: Path, accelerator) -> RunDirLock | None:
         accelerator.end_training()
         raise RunDirError(error[0])
     return lock
+
+
+def exit_rank(status: int) -> None:
+    """End this process now with ``status`` if it is one rank of several; else return.
+
+    Why: ~1% of finished 2-process CPU launches exited 1 with a rank killed by SIGABRT
+    ("terminate called without an active exception"). The core dump (benchmarks/exit_status.py
+    --cores) shows it: gloo's worker thread (``ProcessGroupGloo::runLoop``) still destroys the
+    last barrier's work after the barrier has returned, and with it a prior all_gather's work
+    whose tensors are Python objects. Their decref takes the GIL; Python 3.11 is finalizing by
+    then and ends any thread that asks for the GIL with ``pthread_exit``, whose forced unwind
+    through that noexcept destructor calls ``std::terminate``. A live process group is never
+    torn down under a finalizing interpreter if the rank skips finalization: by the time this
+    runs, every file is written atomically, the trackers are finished and the process group
+    destroyed, so only the streams need flushing.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said anyway
+            pass
+    os._exit(status)
