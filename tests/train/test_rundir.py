@@ -126,3 +126,29 @@ def test_ranks_stop_when_their_launcher_dies_right_after_starting_them(tmp_path)
     assert not alive, "ranks outlived their launcher"
     assert not (tmp_path / "run" / "checkpoints").exists() or not any(
         (tmp_path / "run" / "checkpoints").iterdir())  # nothing trained on alone
+
+
+@pytest.mark.slow
+def test_a_refused_two_process_run_is_one_line_and_exit_2_per_rank(tmp_path):
+    """A second run into a locked run_dir under a 2-process launch: one error line (it was
+    printed by both ranks), each rank exits 2. The launcher turns any failed rank into exit 1
+    (torch elastic's ChildFailedError); --quiet drops its traceback, leaving its failure table."""
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    (tmp_path / "run").mkdir()
+    lock = RunDirLock(tmp_path / "run")  # another run holds it
+    try:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
+               "--main_process_port", str(free_port()), "--quiet", str(REPO / "scripts" / "train.py"),
+               "configs/tiny.yaml", *tiny_overrides(tmp_path, corpus)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env(tmp_path), cwd=REPO,
+                              timeout=300)
+    finally:
+        lock.release()
+    out = proc.stdout + proc.stderr
+    assert world_size(out) == 2
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: run_dir={tmp_path / 'run'}: in use by another run (process "
+                      f"{os.getpid()}); stop it, or choose another run_dir"], out[-3000:]
+    assert out.count("exitcode  : 2") == 2 and proc.returncode == 1, out[-3000:]
+    assert "Traceback" not in out
+    assert not (tmp_path / "run" / "checkpoints").exists()
