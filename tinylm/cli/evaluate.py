@@ -29,6 +29,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    p.set_defaults(exit_rank=True)  # several ranks: end without finalization (train/rundir.py)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     p.add_argument("--data", default=None, help="a source to score instead of the recorded val split")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results here")
