@@ -97,7 +97,9 @@ def test_a_killed_rank_restarts_the_group_and_ends_bitwise(tmp_path, corpus):
     b, out_b, res_b = launch(tmp_path / "b", corpus, "--fault-rank", "1", "--fault-step", "12",
                              "--fault-kind", "kill", launcher=("--max_restarts", "1"), **steps)
     assert b.returncode == 0, failure_excerpt(out_b)  # the restarted group finished
-    assert "(exitcode: -9)" in out_b and out_b.count("tinylm: 2 process(es)") == 2, out_b[-3000:]
+    # the first attempt failed (the launcher may see rank 0's connection error before rank 1's
+    # SIGKILL) and a second one started
+    assert "failed (exitcode: " in out_b and out_b.count("tinylm: 2 process(es)") == 2, out_b[-3000:]
     assert "resumed from" in out_b and "step-10 at step 10" in out_b, failure_excerpt(out_b)
     assert sorted(r["step"] for r in res_b if r["ok"]) == [20, 20]
     wa, _ = ckpt.read_weights(tmp_path / "a" / "run" / "checkpoints" / "step-20" / ckpt.MODEL_FILE)
