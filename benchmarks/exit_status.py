@@ -15,7 +15,6 @@ for each core. The logs of every non-zero launch are kept under ``--work``.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from helpers import CPU_2PROC, env, free_port, tiny_overrides, write_corpus  # noqa: E402
+
+from bench_data import cpu_name  # noqa: E402  (this directory: the one lscpu reader)
 
 
 def launch(work: Path, i: int, corpus: Path, steps: int, cores: bool) -> tuple[int, str, float]:
@@ -82,7 +83,7 @@ def main() -> None:
         else:
             shutil.rmtree(here)
     print(f"\n{args.launches} launches of 2 CPU processes, {args.steps} steps each, "
-          f"{sum(seconds) / len(seconds):.1f} s per launch; {os.cpu_count()} cores\n")
+          f"{sum(seconds) / len(seconds):.1f} s per launch; {cpu_name()}\n")
     print("| outcome | launches |\n|---|---:|")
     for kind, n in outcomes.most_common():
         print(f"| {kind} | {n} |")

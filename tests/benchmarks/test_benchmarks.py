@@ -86,3 +86,12 @@ def test_bench_golf_trains_packs_and_scores_variants_of_equal_bytes(tmp_path):
         assert int6_bytes < 0.85 * int8_bytes and int(r[4]) > 0  # steps were taken
         assert abs(float(r[9]) - float(r[7])) < 0.05 and abs(float(r[11]) - float(r[7])) < 0.1
     assert "(baseline int6, clip std:" in proc.stdout
+
+
+@pytest.mark.slow
+def test_exit_status_counts_real_launches(tmp_path):
+    """Two real 2-process launches, both finished and exiting 0 (the flake's count tool)."""
+    proc = run_bench("exit_status.py", ["--launches", "2", "--work", str(tmp_path / "w")], tmp_path)
+    assert "2 launches of 2 CPU processes" in proc.stdout
+    assert [line for line in proc.stdout.splitlines() if line.startswith("| ok")] == ["| ok | 2 |"]
+    assert not list((tmp_path / "w").glob("launch-*"))  # a launch that exits 0 leaves nothing

@@ -16,7 +16,6 @@ On NCCL the timeout is enforced by torch's watchdog thread, which aborts the pro
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import timedelta
 
@@ -44,8 +43,7 @@ def silent_ranks(grace_s: float) -> list[int] | None:
     """The ranks that have not said they are answering within ``grace_s`` of this one saying
     so, or None when the store cannot be reached (its host is gone)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # a restarted group: new keys
-    prefix = f"tinylm/answering/{restart}/"
+    prefix = "tinylm/answering/"  # a restarted group has its own store or prefix (restart.py)
     try:
         store = dist.distributed_c10d._get_default_store()
         store.set(f"{prefix}{rank}", "1")
